@@ -1,0 +1,140 @@
+"""What every attack shares: input checks, the model's state during an attack, the gradient.
+
+The gradient is taken with ``torch.autograd.grad`` with respect to the input only, so the
+model's parameters never receive a ``.grad``; their ``requires_grad`` is switched off for the
+attack (fewer gradients to compute) and restored afterwards, as is each module's train/eval
+mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameterless model)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_eps(eps, *, name: str = "eps", norm: str = "linf") -> float:
+    """``eps`` as a float, or ValueError: it must be a finite number >= 0, and at most 1 in
+    L-inf (pixels are in [0, 1]: 8/255, not 8)."""
+    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if isinstance(eps, bool) or not isinstance(eps, Real):
+        raise ValueError(f"{name} must be a number, got {type(eps).__name__}")
+    eps = float(eps)
+    if math.isnan(eps) or math.isinf(eps):
+        raise ValueError(f"{name} must be a finite number, got {eps}")
+    if eps < 0:
+        raise ValueError(f"{name} must be >= 0, got {eps}: it is the size of the perturbation")
+    if norm == "linf" and eps > 1:
+        raise ValueError(
+            f"{name}={eps} is larger than the whole pixel range: images are in [0, 1], so an "
+            f"L-inf budget of 8 pixel levels is 8/255 = {8 / 255:.4f}, not 8")
+    return eps
+
+
+def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate an image batch and its labels; return both on the model's device.
+
+    x: (N, C, H, W) float in [0, 1]. y: (N,) integer class ids (or one int when N == 1).
+    Raises ValueError naming what is wrong.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = " (one image? add a batch dimension: x[None])" if x.dim() == 3 else ""
+        raise ValueError(f"x must be shaped (N, C, H, W), got {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty: shape {tuple(x.shape)}")
+    low, high = x.min().item(), x.max().item()
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("x holds NaN values")
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(
+            f"x must hold pixels in [0, 1], got values from {low:.3f} to {high:.3f}: pass "
+            f"unnormalised images (the model normalises them itself)")
+    if isinstance(y, int) and not isinstance(y, bool):
+        y = torch.tensor([y])
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y must be a tensor of integer class ids, got {y!r:.80}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y must be shaped (N,) = ({x.shape[0]},) to match x {tuple(x.shape)}, "
+            f"got {tuple(y.shape)}")
+    device = model_device(model)
+    return x.detach().to(device), y.to(device=device, dtype=torch.long)
+
+
+def check_labels(y: torch.Tensor, num_classes: int, *, name: str = "y") -> None:
+    """ValueError when a label is outside [0, num_classes)."""
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"{name} holds class ids outside [0, {num_classes}): "
+            f"{y[bad][:5].tolist()} (the model has {num_classes} classes)")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module):
+    """Run the block with every module in eval mode and parameters frozen; restore both.
+
+    Batch-norm statistics and dropout are those of inference, the parameters' ``.grad`` and
+    ``requires_grad`` are as they were when the block ends, whatever happens inside it.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        model.eval()
+        for param, _ in flags:
+            param.requires_grad_(False)
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targeted: bool):
+    """The attack objective per example and its gradient with respect to x.
+
+    The objective is what the attacker increases: cross-entropy with the true label
+    (untargeted), or minus cross-entropy with the target label (targeted). It is computed from
+    logits in float32, also under autocast.
+
+    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32, grad (N, C, H, W) like x.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x).float()
+        check_labels(y, logits.shape[1])
+        objective = F.cross_entropy(logits, y, reduction="none")
+        if targeted:
+            objective = -objective
+        (grad,) = torch.autograd.grad(objective.sum(), x)
+    return objective.detach(), grad.detach()
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted class ids (N,) for images x (N, C, H, W), without building a graph."""
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def attack_success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *,
+                   targeted: bool) -> torch.Tensor:
+    """Per example (N,) bool: prediction is the target (targeted) or is not the label."""
+    pred = predict(model, x_adv)
+    return pred == y if targeted else pred != y

@@ -1,0 +1,142 @@
+"""The ``workbench`` command: doctor, lab, run, build, grade."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+VERSIONED = ["torch", "torchvision", "timm", "numpy", "ipywidgets", "jupyterlab", "matplotlib",
+             "scikit-image", "scikit-learn", "keras", "keras-hub"]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def doctor_report() -> tuple[str, int]:
+    """Mode, device, versions and weights as text, and the exit code (1 when the lite weights
+    are missing). Imports torch only when a GPU driver is present, to ask whether CUDA works."""
+    from workbench.config import MODE_ENV, cuda_available, get_mode
+    from workbench.models.registry import weights_status
+
+    try:
+        mode = get_mode()
+    except ValueError as err:
+        return f"error: {err}", 2
+    cuda = cuda_available()
+    how_mode = f"${MODE_ENV}={os.environ[MODE_ENV]}" if os.environ.get(MODE_ENV) else (
+        "default: a CUDA GPU is present" if cuda else "default: no CUDA GPU")
+    lines = [f"mode:    {mode} ({how_mode})",
+             f"device:  {'cuda' if cuda else 'cpu'}",
+             f"python:  {platform.python_version()} ({sys.executable})"]
+    lines += [f"  {package:<13} {_version(package)}" for package in VERSIONED]
+    lines.append("weights:")
+    rows = weights_status()
+    missing = [row for row in rows if not row["present"]]
+    for row in rows:
+        state = "present" if row["present"] else "missing"
+        lines.append(f"  [{state:>7}] {row['name']:<24} {row['weights']}")
+    lines += [f"  to get {row['name']}: {row['how']}" for row in missing]
+    if any(r["mode"] == "full" for r in missing):
+        lines.append(f"Full-mode weights download on first use in full mode (needs network); "
+                     f"offline, use {MODE_ENV}=lite, which needs none of them.")
+    return "\n".join(lines), 1 if any(r["mode"] == "lite" for r in missing) else 0
+
+
+def doctor(args) -> int:
+    text, code = doctor_report()
+    print(text, file=sys.stderr if code == 2 else sys.stdout)
+    return code
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def lab(args) -> int:
+    """Open JupyterLab on notebooks/ with the workbench's settings (no news pop-up)."""
+    root = repo_root()
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(root / "jupyter" / "lab" / "user-settings"))
+    command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={root / 'notebooks'}",
+               *args.extra]
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def run(args) -> int:
+    """Execute a notebook top to bottom in lite mode; report the first failing cell."""
+    from workbench.exercises.grader import execute_notebook
+
+    path = Path(args.notebook)
+    if not path.is_file():
+        print(f"error: no notebook at {path}", file=sys.stderr)
+        return 2
+    ran, message = execute_notebook(path, cell_timeout=args.cell_timeout,
+                                    total_timeout=args.timeout)
+    print(f"{path}: " + ("ran top to bottom in lite mode" if ran else message))
+    return 0 if ran else 1
+
+
+def build(args) -> int:
+    """Write notebooks/student/ and notebooks/solutions/ from the masters."""
+    from workbench.notebooks import build as build_notebooks
+
+    stale = build_notebooks(Path(args.dir) if args.dir else None, check_only=args.check)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {path}")
+    if args.check and stale:
+        print("run `workbench build` and commit the result", file=sys.stderr)
+        return 1
+    if not stale:
+        print("all generated notebooks are up to date")
+    return 0
+
+
+def grade(args) -> int:
+    """Run a notebook in lite mode and check its exercises; exit 0 only when all pass."""
+    from workbench.exercises.grader import grade as grade_notebook
+
+    try:
+        report = grade_notebook(args.notebook, cell_timeout=args.cell_timeout,
+                                total_timeout=args.timeout)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="mode, device, versions, weights").set_defaults(fn=doctor)
+    p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    p.set_defaults(fn=lab)
+    for name, fn, text in (("run", run, "execute a notebook in lite mode"),
+                           ("grade", grade, "grade a notebook's exercises")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("notebook")
+        p.add_argument("--cell-timeout", type=int, default=300, help="seconds per cell")
+        p.add_argument("--timeout", type=int, default=1200, help="seconds for the notebook")
+        if name == "grade":
+            p.add_argument("--json", action="store_true", help="print the report as JSON")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("build", help="write student and solution notebooks")
+    p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")
+    p.add_argument("--dir", help="notebooks folder (default: the repository's)")
+    p.set_defaults(fn=build)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

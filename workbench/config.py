@@ -1,0 +1,113 @@
+"""Mode, device, seeding and cache paths.
+
+Two modes share one code path (DESIGN.md section 2):
+
+* ``lite``: CPU, offline. Real, small, trained models that ship with packages.
+* ``full``: GPU / Colab. Downloads the large pretrained models.
+
+``WORKBENCH_MODE`` picks the mode; without it, ``full`` when a CUDA GPU is present, else
+``lite``. Nothing here imports torch at module import time: ``import workbench`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+MODES = ("lite", "full")
+MODE_ENV = "WORKBENCH_MODE"
+
+
+def _nvidia_driver_present() -> bool:
+    """Cheap pre-check: without an NVIDIA driver CUDA cannot be available (no torch import)."""
+    return Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def cuda_available() -> bool:
+    """True when torch can use a CUDA GPU. Imports torch only when a driver is present."""
+    if not _nvidia_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def get_mode(mode: str | None = None) -> str:
+    """Return the mode to use: ``mode`` if given, else ``$WORKBENCH_MODE``, else by hardware.
+
+    Raises ValueError for anything but ``"lite"`` or ``"full"``.
+    """
+    chosen = mode if mode is not None else os.environ.get(MODE_ENV, "").strip().lower() or None
+    if chosen is None:
+        return "full" if cuda_available() else "lite"
+    if chosen not in MODES:
+        source = "mode argument" if mode is not None else f"${MODE_ENV}"
+        raise ValueError(
+            f"{source} is {chosen!r}; it must be 'lite' (CPU, offline) or 'full' (downloads "
+            f"pretrained weights). Example: export {MODE_ENV}=lite"
+        )
+    return chosen
+
+
+def get_device(device: str | None = None):
+    """The torch device to run on: ``device`` if given, else CUDA when present, else CPU."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int):
+    """Seed Python, NumPy and torch; return a ``torch.Generator`` seeded with ``seed``.
+
+    Library functions never rely on this global state: they take a ``generator`` or ``seed``
+    argument. This is for learner code in notebooks.
+    """
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where the workbench keeps what it computes once (trained lite models, converted weights).
+
+    ``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``.
+    """
+    root = os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def torch_hub_dir() -> Path:
+    """torch hub's cache, where torchvision keeps downloaded weights: ``$TORCH_HOME/hub``,
+    else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub`` (torch.hub.get_dir()'s
+    rule, without importing torch)."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub"
+
+
+def in_colab() -> bool:
+    """True inside Google Colab."""
+    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
+
+
+def start(seed: int = 0):
+    """First call of every notebook: print one line saying the mode and device, seed the
+    global generators for learner code, and return the device to use."""
+    import torch
+
+    mode = get_mode()
+    device = get_device()
+    seed_everything(seed)
+    what = ("lite: CPU, offline, small real models that ship with packages" if mode == "lite"
+            else "full: downloads the large pretrained models")
+    print(f"workbench mode {what}; device {device}; torch {torch.__version__}; seed {seed}")
+    return device

@@ -1,0 +1,13 @@
+"""Images and small data sets, loaded and validated in one place."""
+
+from workbench.data.images import (
+    LABELLED_PHOTOS,
+    SAMPLE_PHOTOS,
+    load_image,
+    photo_batch,
+    sample_image,
+    to_pil,
+)
+
+__all__ = ["LABELLED_PHOTOS", "SAMPLE_PHOTOS", "load_image", "photo_batch", "sample_image",
+           "to_pil"]

@@ -1,0 +1,175 @@
+"""Exercises and their checks: the same checks run in the notebook (``check``) and under the
+grader (``workbench grade``).
+
+A check is a function ``check(fn) -> None`` that calls the learner's function on random
+inputs, closed-form cases or the real lite model and raises :class:`CheckFailed` with a
+message that names the likely mistake. Checks are registered per exercise with
+:func:`exercise`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+CHECK_TIMEOUT_S = 60.0
+
+
+class CheckFailed(AssertionError):
+    """The learner's function gave a wrong answer; the message says what is likely wrong."""
+
+
+class CheckTimedOut(CheckFailed):
+    """The learner's function did not return within the check's time limit."""
+
+
+@dataclass
+class Exercise:
+    """An exercise: the function the learner writes and the checks it must pass."""
+
+    name: str
+    notebook: str
+    function: str
+    title: str
+    checks: list[tuple[str, Callable]] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    exercise: str
+    check: str
+    passed: bool
+    message: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(name: str, *, notebook: str, title: str, function: str | None = None):
+    """Register an exercise; returns a decorator that adds checks to it, in order::
+
+        fgsm_exercise = exercise("fgsm", notebook="02_fgsm", title="FGSM")
+
+        @fgsm_exercise.check("moves every pixel by exactly eps")
+        def _(fgsm): ...
+    """
+    ex = EXERCISES.setdefault(name, Exercise(name, notebook, function or name, title))
+
+    class _Registrar:
+        exercise = ex
+
+        @staticmethod
+        def check(description: str):
+            def add(fn):
+                ex.checks.append((description, fn))
+                return fn
+            return add
+
+    return _Registrar
+
+
+def exercises_for(notebook: str) -> list[Exercise]:
+    """The exercises of a notebook (by stem, e.g. "02_fgsm"), in the order they were added."""
+    _load_all()
+    return [ex for ex in EXERCISES.values() if ex.notebook == notebook]
+
+
+def get_exercise(name: str) -> Exercise:
+    _load_all()
+    if name not in EXERCISES:
+        raise ValueError(f"no exercise named {name!r}; known: {sorted(EXERCISES)}")
+    return EXERCISES[name]
+
+
+def _load_all() -> None:
+    # Importing the per-notebook modules registers their exercises.
+    from workbench.exercises import nb02_fgsm  # noqa: F401
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise CheckTimedOut in the main thread when the block runs longer than ``seconds``.
+
+    Uses SIGALRM, which interrupts Python loops (a learner's ``while True``); elsewhere (other
+    threads, Windows) it runs the block without a limit and the grader's process limit holds.
+    """
+    usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise CheckTimedOut(
+            f"no answer after {seconds:.0f} s: does your function loop forever, or run the "
+            f"attack many times?")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_checks(name: str, fn: Callable, *, timeout: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
+    """Run every check of exercise ``name`` on ``fn``; one result per check, in order."""
+    return run_checks_list(name, get_exercise(name).checks, fn, timeout=timeout)
+
+
+def run_checks_list(name: str, checks: list[tuple[str, Callable]], fn: Callable, *,
+                    timeout: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
+    """Run the given (description, check) pairs on ``fn``, each within ``timeout`` seconds."""
+    results = []
+    for description, check_fn in checks:
+        start = time.perf_counter()
+        try:
+            with time_limit(timeout):
+                check_fn(fn)
+        except CheckFailed as failure:
+            results.append(CheckResult(name, description, False, str(failure)))
+        except NotImplementedError:
+            results.append(CheckResult(name, description, False,
+                                       "not implemented yet: replace `raise NotImplementedError`"))
+        except Exception as err:  # the learner's code crashed: show where
+            frames = traceback.extract_tb(err.__traceback__)
+            where = next((f"line {f.lineno} of {f.name}" for f in reversed(frames)
+                          if "workbench" not in f.filename), "")
+            results.append(CheckResult(name, description, False,
+                                       f"your function raised {type(err).__name__}: {err}"
+                                       + (f" ({where})" if where else "")))
+        else:
+            results.append(CheckResult(name, description, True))
+        results[-1].seconds = round(time.perf_counter() - start, 3)
+    return results
+
+
+def format_results(results: list[CheckResult]) -> str:
+    """Results as lines: a tick or a cross, the check, and the message of a failure."""
+    lines = []
+    for r in results:
+        lines.append(f"{'PASS' if r.passed else 'FAIL'}  {r.check}")
+        if not r.passed:
+            lines.append(f"      -> {r.message}")
+    passed = sum(r.passed for r in results)
+    lines.append(f"{passed}/{len(results)} checks passed"
+                 + (": well done." if passed == len(results) else "."))
+    return "\n".join(lines)
+
+
+def check(name: str, fn: Callable) -> bool:
+    """Check a learner's function in the notebook: prints what passed and, for each failure,
+    the likely mistake. Returns True when every check passes."""
+    results = run_checks(name, fn)
+    print(f"Checking {get_exercise(name).title}:")
+    print(format_results(results))
+    return all(r.passed for r in results)

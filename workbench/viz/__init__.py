@@ -1,0 +1,18 @@
+"""Matplotlib figures and fast image encodings for the notebooks and their panels.
+
+matplotlib is imported inside the functions that draw, so the panels, which show images as
+PNG bytes and bars as HTML, never pay for it.
+"""
+
+from workbench.viz.images import (
+    Prediction,
+    amplified_perturbation,
+    png_bytes,
+    to_uint8,
+    top_k,
+    top_k_html,
+)
+from workbench.viz.plots import attack_figure, eps_sweep_figure
+
+__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure",
+           "png_bytes", "to_uint8", "top_k", "top_k_html"]
