@@ -65,15 +65,18 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
         return Image.fromarray(array)
     if array.dtype == bool:
         return Image.fromarray(array.astype(np.uint8) * 255)
+    is_float = np.issubdtype(array.dtype, np.floating)
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise ValueError("the image array holds NaN or infinite values")
     low, high = array.min(), array.max()
-    if low < 0 or high > 255:
-        raise ValueError(f"image values run from {low} to {high}: use floats in [0, 1] or "
-                         f"integers in [0, 255]")
-    scale = 255.0 if high <= 1.0 else 1.0
-    return Image.fromarray(np.round(array * scale).astype(np.uint8))
+    top = 1.0 if is_float else 255.0
+    if low < 0 or high > top + 1e-6:
+        raise ValueError(
+            f"image values run from {low:g} to {high:g}: floats must be in [0, 1] (divide "
+            f"0-255 values by 255) and integers in [0, 255]")
+    scale = 255.0 if is_float else 1.0
+    return Image.fromarray(np.round(np.clip(array * scale, 0, 255)).astype(np.uint8))
 
 
 def _open_path(path: Path) -> Image.Image:
@@ -136,6 +139,10 @@ def to_pil(src) -> Image.Image:
         raise TypeError(f"cannot load an image from a {type(src).__name__}: pass a path, URL, "
                         f"PIL image, NumPy array or torch tensor")
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # 16-bit PNGs and TIFFs: PIL's convert("RGB") would clip at 255, so scale first.
+        values = np.asarray(image, dtype=np.float64)
+        image = _array_to_pil(values / 65535.0 if image.mode != "F" else values)
     if image.mode != "RGB":
         if image.mode in ("RGBA", "LA", "P", "PA"):  # composite transparency onto white
             rgba = image.convert("RGBA")

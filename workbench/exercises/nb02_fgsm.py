@@ -190,7 +190,11 @@ def _random_cases(fgsm):
 def _lite_model(fgsm):
     model, x, y = _lite_case()
     eps = 2 / 255
-    out = _as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
+    model.eval()  # shared across checks: undo whatever a previous learner function did
+    try:
+        out = _as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
+    finally:
+        model.eval()
     agree = torch.isclose(out, reference_fgsm(model, x, y, eps), atol=1e-5).float().mean()
     if agree < 0.99:
         raise CheckFailed(f"on the lite model only {100 * agree:.1f}% of pixels match the "

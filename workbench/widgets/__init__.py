@@ -1,5 +1,5 @@
 """ipywidgets panels: thin layers over the pure functions in attacks/ and viz/."""
 
-from workbench.widgets.fgsm_panel import FGSMPanel, FGSMPanelResult, fgsm_panel
+from workbench.widgets.panel_fgsm import FGSMPanel, FGSMPanelResult, fgsm_panel
 
 __all__ = ["FGSMPanel", "FGSMPanelResult", "fgsm_panel"]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set up the workbench in .venv/ (created when missing) and then:
+#   bash dev.sh lab    open JupyterLab on notebooks/
+#   bash dev.sh test   run the whole test suite (what CI runs)
+# Needs only Python >= 3.10 (3.11 recommended) and the package registries.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python_bin() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+      echo "$candidate"; return
+    fi
+  done
+  echo "dev.sh: no Python >= 3.10 found; install Python 3.11" >&2; exit 1
+}
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "dev.sh: creating .venv/"
+    "$(python_bin)" -m venv .venv
+  fi
+  # Reinstall only when what we install from has changed.
+  stamp=$(cat pyproject.toml constraints.txt dev.sh scripts/install_browser.sh | sha256sum | cut -c1-16)
+  if [ "$(cat .venv/.workbench-stamp 2>/dev/null)" != "$stamp" ]; then
+    echo "dev.sh: installing the workbench and its dependencies into .venv/"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+    bash scripts/install_browser.sh .venv
+    echo "$stamp" > .venv/.workbench-stamp
+  fi
+}
+
+case "${1:-}" in
+  lab)
+    setup
+    shift
+    extra=()
+    [ "$(id -u)" = 0 ] && extra+=(--allow-root)
+    exec .venv/bin/workbench lab "${extra[@]}" "$@"
+    ;;
+  test)
+    setup
+    shift
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash dev.sh lab | test [pytest arguments]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,79 @@
+"""The command line and the import-time promises: `import workbench` is cheap, `workbench
+doctor` answers in under 3 seconds, `workbench build --check` reports drift."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+
+
+def test_import_workbench_is_fast_and_pulls_in_no_heavy_library():
+    code = ("import sys, time; t = time.perf_counter(); import workbench, workbench.config; "
+            "import workbench.models.registry; "
+            "print(time.perf_counter() - t); "
+            "print([m for m in ('torch', 'keras', 'keras_hub', 'matplotlib', 'tensorflow', "
+            "'timm', 'torchvision') if m in sys.modules])")
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    seconds, loaded = out.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert float(seconds) < 0.5
+
+
+def test_doctor_reports_mode_device_versions_and_weights_quickly():
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "doctor"], capture_output=True,
+                         text=True, timeout=30, env={**__import__("os").environ,
+                                                     "WORKBENCH_MODE": "lite"})
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    assert elapsed < 3.0, f"doctor took {elapsed:.1f} s"
+    text = out.stdout
+    assert "mode:    lite ($WORKBENCH_MODE=lite)" in text
+    assert "device:  cpu" in text
+    assert "torch" in text and "torchvision" in text
+    assert "[present] (all, lite)" in text
+    for name in ("mobilenet_v2", "resnet50", "efficientnet_b0", "efficientnet_b0_advprop"):
+        assert name in text
+    assert "to get mobilenet_v2" in text or "[present] mobilenet_v2" in text
+
+
+def test_doctor_says_how_to_fix_a_bad_mode():
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "doctor"], capture_output=True,
+                         text=True, timeout=30, env={**__import__("os").environ,
+                                                     "WORKBENCH_MODE": "fast"})
+    assert out.returncode == 2
+    assert "'fast'" in out.stderr and "lite" in out.stderr
+
+
+def test_build_check_reports_drift(tmp_path):
+    master = tmp_path / "01_demo.py"
+    master.write_text("# %%\ndef f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n")
+    args = [sys.executable, "-m", "workbench.cli", "build", "--dir", str(tmp_path)]
+    first = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 1 and "out of date" in first.stdout
+    assert subprocess.run(args, capture_output=True, timeout=60).returncode == 0
+    assert (tmp_path / "student" / "01_demo.ipynb").exists()
+    again = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout
+    student = json.loads((tmp_path / "student" / "01_demo.ipynb").read_text())
+    assert "raise NotImplementedError" in "".join(student["cells"][0]["source"])
+
+
+def test_grade_and_run_reject_a_missing_notebook():
+    for command in ("grade", "run"):
+        out = subprocess.run([sys.executable, "-m", "workbench.cli", command, "nope.ipynb"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "no notebook at nope.ipynb" in out.stderr

@@ -1,0 +1,147 @@
+"""The notebooks: generated versions match their masters, run top to bottom in lite mode within
+their time budget, and grade as a learner's would (solutions pass, student versions fail)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from workbench.notebooks import BEGIN, END, build, masters, output_path, render
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+# Seconds each notebook may take to run top to bottom in lite mode on 2 CPU cores.
+BUDGET_S = {"00_setup": 90, "02_fgsm": 240}
+
+
+def test_every_master_has_a_budget_and_a_jupytext_header():
+    found = {m.stem for m in masters()}
+    assert found == set(BUDGET_S)
+    for master in masters():
+        assert master.read_text().startswith("# ---\n# jupyter:\n#   jupytext:"), master
+
+
+def test_generated_notebooks_match_their_masters():
+    stale = build(check_only=True)
+    assert not stale, f"run `workbench build` and commit: {stale}"
+
+
+def test_student_versions_hide_answers_and_solutions_keep_them():
+    for master in masters():
+        student = output_path(master, "student").read_text()
+        solution = output_path(master, "solutions").read_text()
+        assert BEGIN not in student + solution and END not in student + solution
+        answers = master.read_text().count(BEGIN)
+        assert student.count("raise NotImplementedError") == answers
+    fgsm_solution = output_path(NOTEBOOKS / "02_fgsm.py", "solutions").read_text()
+    answer_line = "(grad,) = torch.autograd.grad(loss, x_adv)"
+    assert answer_line in fgsm_solution
+    assert answer_line not in output_path(NOTEBOOKS / "02_fgsm.py", "student").read_text()
+
+
+def test_generated_notebooks_carry_kernel_metadata():
+    for master in masters():
+        for variant in ("student", "solutions"):
+            notebook = nbformat.read(output_path(master, variant), 4)
+            assert notebook.metadata["kernelspec"]["name"] == "python3"
+            assert notebook.metadata["language_info"]["name"] == "python"
+            assert notebook.metadata["workbench"]["notebook"] == master.stem
+            nbformat.validate(notebook)
+
+
+def test_unbalanced_markers_are_an_error(tmp_path):
+    master = tmp_path / "99_bad.py"
+    master.write_text("# %%\ndef f():\n    # BEGIN SOLUTION\n    return 1\n")
+    with pytest.raises(ValueError, match="never closed"):
+        render(master, "student")
+
+
+def test_first_code_cell_installs_in_colab_without_upgrading_pins():
+    for master in masters():
+        first = next(c for c in jupytext.read(master).cells if c.cell_type == "code").source
+        assert '"google.colab" in sys.modules' in first
+        assert "pip" in first and "--upgrade" not in first and " -U" not in first
+
+
+def _run(*args, timeout):
+    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.notebook
+def test_setup_notebook_runs_in_lite_mode_within_budget():
+    start = time.monotonic()
+    done = _run("run", "notebooks/solutions/00_setup.ipynb", timeout=BUDGET_S["00_setup"] + 60)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert elapsed < BUDGET_S["00_setup"], f"took {elapsed:.0f} s"
+
+
+@pytest.mark.notebook
+def test_fgsm_solution_runs_within_budget_and_grades_as_passing():
+    start = time.monotonic()
+    done = _run("grade", "notebooks/solutions/02_fgsm.ipynb", "--json",
+                timeout=BUDGET_S["02_fgsm"] + 120)
+    elapsed = time.monotonic() - start
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, json.dumps(report, indent=1)
+    assert report["passed"] and report["run"]["passed"]
+    assert [e["name"] for e in report["exercises"]] == ["fgsm", "sweep_eps"]
+    assert all(c["passed"] for e in report["exercises"] for c in e["checks"])
+    assert elapsed < BUDGET_S["02_fgsm"], f"took {elapsed:.0f} s"
+
+
+@pytest.mark.notebook
+def test_fgsm_student_notebook_grades_as_failing():
+    done = _run("grade", "notebooks/student/02_fgsm.ipynb", timeout=BUDGET_S["02_fgsm"] + 120)
+    assert done.returncode == 1
+    assert "NotImplementedError" in done.stdout
+    assert "0/13 passed: FAIL" in done.stdout
+
+
+def _learner_notebook(tmp_path, fgsm_cell: str) -> Path:
+    """A small notebook claiming to be 02_fgsm, with the learner's fgsm and sweep_eps."""
+    cells = [
+        nbformat.v4.new_code_cell("import torch\nimport torch.nn.functional as F"),
+        nbformat.v4.new_code_cell(fgsm_cell),
+        nbformat.v4.new_code_cell(
+            "def sweep_eps(model, x, y, epsilons, attack):\n"
+            "    from workbench.exercises.nb02_fgsm import reference_sweep_eps\n"
+            "    return reference_sweep_eps(model, x, y, epsilons, attack)"),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    path = tmp_path / "02_fgsm.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+@pytest.mark.notebook
+def test_grader_stops_an_endless_loop_and_ignores_tampering(tmp_path):
+    # The learner's fgsm loops forever, and their cell tries to switch the checks off, both
+    # at the top of the cell and from inside the function.
+    cell = ("import workbench.exercises.core as core\n"
+            "core.EXERCISES.clear()\n"
+            "def fgsm(model, x, y, eps, *, targeted=False):\n"
+            "    core.run_checks_list = lambda *a, **k: []\n"
+            "    while True:\n"
+            "        pass\n")
+    path = _learner_notebook(tmp_path, cell)
+    start = time.monotonic()
+    from workbench.exercises.grader import grade
+
+    report = grade(path, cell_timeout=60, total_timeout=120, check_timeout=3.0)
+    assert time.monotonic() - start < 100
+    fgsm_checks = [r for r in report.results if r.exercise == "fgsm"]
+    assert len(fgsm_checks) == 8 and not any(r.passed for r in fgsm_checks)
+    assert all("loop forever" in r.message for r in fgsm_checks)
+    assert all(r.passed for r in report.results if r.exercise == "sweep_eps")
+    assert not report.passed

@@ -1,0 +1,96 @@
+"""The FGSM panel, driven the way a learner drives it: by setting its controls' values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.attacks import fgsm
+from workbench.data import sample_image
+from workbench.widgets import fgsm_panel
+
+
+@pytest.fixture(scope="module")
+def coffee():
+    return sample_image("coffee")
+
+
+def test_panel_contract(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    assert {"eps", "targeted", "target"} <= set(panel.controls)
+    eps = panel.controls["eps"]
+    assert eps.min == 0 and eps.max == pytest.approx(16 / 255) and eps.step == pytest.approx(1 / 255)
+    assert panel.widget is not None and panel.result is not None
+    assert len(panel.result.top5_clean) == 5 and len(panel.result.top5_adv) == 5
+    assert panel.result.top5_clean[0].name == "espresso"
+
+
+def test_moving_eps_updates_result_and_every_view(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    views = panel._images["adversarial"], panel._images["perturbation"], panel._bars_adv
+    panel.controls["eps"].value = 0.0
+    assert torch.equal(panel.result.x_adv, x)
+    assert not panel.result.success
+    before = [v.value for v in views]
+    panel.controls["eps"].value = 4 / 255
+    assert panel.result.eps == pytest.approx(4 / 255)
+    assert [v.value for v in views] != before and all(a != b for a, b in zip(
+        (v.value for v in views), before))
+    # The panel's image is exactly FGSM at that epsilon, computed from the cached direction.
+    expected = fgsm(lite_model, x[None], torch.tensor([label]), 4 / 255)[0]
+    assert torch.allclose(panel.result.x_adv, expected, atol=1e-6)
+    assert (panel.result.x_adv - x).abs().max() <= 4 / 255 + 1e-6
+    assert "4/255" in panel._status.value
+
+
+def test_one_gradient_per_image_and_target(lite_model, coffee, monkeypatch):
+    import workbench.widgets.panel_fgsm as module
+
+    calls = []
+    real = module.fgsm_direction
+    monkeypatch.setattr(module, "fgsm_direction", lambda *a, **k: calls.append(k) or real(*a, **k))
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    for level in range(17):
+        panel.controls["eps"].value = level / 255
+    assert len(calls) == 1
+    panel.controls["targeted"].value = True
+    for level in (2, 8, 12):
+        panel.controls["eps"].value = level / 255
+    assert len(calls) == 2 and calls[-1]["targeted"] is True
+
+
+def test_targeted_toggle_and_picker(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    assert panel.controls["target"].disabled
+    panel.controls["targeted"].value = True
+    assert not panel.controls["target"].disabled
+    target = panel.result.top5_clean[1].index  # the runner-up class is the easiest target
+    panel.controls["target"].value = target
+    panel.controls["eps"].value = 2 / 255
+    assert panel.result.target == target
+    expected = fgsm(lite_model, x[None], torch.tensor([target]), 2 / 255, targeted=True)[0]
+    assert torch.allclose(panel.result.x_adv, expected, atol=1e-6)
+    assert panel.result.success == (panel.result.top5_adv[0].index == target)
+    clean = {p.index: p.prob for p in panel.result.top5_clean}[target]
+    adv = {p.index: p.prob for p in panel.result.top5_adv}.get(target, 0.0)
+    assert adv > clean, "a targeted step should raise the target's probability"
+
+
+def test_label_defaults_to_the_prediction(lite_model, coffee):
+    x, _ = coffee
+    panel = fgsm_panel(lite_model, x)
+    assert panel.result.label == panel.result.top5_clean[0].index
+
+
+def test_bad_inputs(lite_model, coffee):
+    x, label = coffee
+    with pytest.raises(ValueError, match="one image"):
+        fgsm_panel(lite_model, torch.stack([x, x]), label)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fgsm_panel(lite_model, x * 255, label)
+    with pytest.raises(ValueError, match="label"):
+        fgsm_panel(lite_model, x, 1000)
