@@ -64,7 +64,9 @@ def repo_root() -> Path:
 def lab(args) -> int:
     """Open JupyterLab on notebooks/ with the workbench's settings (no news pop-up)."""
     root = repo_root()
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(root / "jupyter" / "lab" / "user-settings"))
+    settings = root / "jupyter" / "lab"  # turns off JupyterLab's "news" pop-up
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings / "user-settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(settings / "workspaces"))
     command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={root / 'notebooks'}",
                *args.extra]
     os.execvpe(command[0], command, env)
