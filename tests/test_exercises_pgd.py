@@ -1,0 +1,75 @@
+"""Notebook 03's PGD checks pass on the references and name the codelab's bugs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.attacks import project
+from workbench.exercises import run_checks
+from workbench.exercises.nb03_pgd import reference_pgd_linf_step
+
+
+def _failures(name, fn):
+    return [r.message for r in run_checks(name, fn) if not r.passed]
+
+
+def test_references_pass():
+    assert not _failures("pgd_linf_step", reference_pgd_linf_step)
+    assert not _failures("project_l2", lambda delta, eps: project(delta, eps, "l2"))
+    assert not _failures("targeted_objective",
+                         lambda logits, t: -F.cross_entropy(logits, t, reduction="none"))
+
+
+def codelab_added_projection(x_adv, x, grad, *, alpha, eps):
+    stepped = x_adv + alpha * grad.sign()
+    return (stepped + (stepped - x).clamp(-eps, eps)).clamp(0, 1)
+
+
+def eps_on_255_scale(x_adv, x, grad, *, alpha, eps):
+    return reference_pgd_linf_step(x_adv, x, grad, alpha=alpha / 255, eps=eps / 255)
+
+
+def no_projection(x_adv, x, grad, *, alpha, eps):
+    return (x_adv + alpha * grad.sign()).clamp(0, 1)
+
+
+def descends(x_adv, x, grad, *, alpha, eps):
+    return reference_pgd_linf_step(x_adv, x, -grad, alpha=alpha, eps=eps)
+
+
+@pytest.mark.parametrize("broken, expected", [
+    (codelab_added_projection, "added the clipped perturbation"),
+    (eps_on_255_scale, "255 times too small"),
+    (no_projection, "project back onto the ball"),
+    (descends, "against the gradient"),
+], ids=lambda v: getattr(v, "__name__", ""))
+def test_broken_steps_are_named(broken, expected):
+    assert any(expected in m for m in _failures("pgd_linf_step", broken))
+
+
+def test_broken_l2_projections_are_named():
+    def always_rescale(delta, eps):
+        return delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+
+    def batch_norm(delta, eps):
+        return delta * min(1.0, eps / delta.flatten().norm().clamp_min(1e-12).item())
+
+    def divides_by_zero(delta, eps):
+        norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return delta / norms * norms.clamp(max=eps)
+
+    assert any("only shrink" in m or "don't always rescale" in m
+               for m in _failures("project_l2", always_rescale))
+    assert any("whole batch" in m for m in _failures("project_l2", batch_norm))
+    assert any("NaN" in m for m in _failures("project_l2", divides_by_zero))
+
+
+def test_broken_targeted_objectives_are_named():
+    on_probs = lambda logits, t: -F.cross_entropy(logits.softmax(1), t, reduction="none")  # noqa
+    wrong_sign = lambda logits, t: F.cross_entropy(logits, t, reduction="none")  # noqa
+    averaged = lambda logits, t: -F.cross_entropy(logits, t)  # noqa
+    assert any("probabilities" in m for m in _failures("targeted_objective", on_probs))
+    assert any("negate" in m for m in _failures("targeted_objective", wrong_sign))
+    assert any("one value per example" in m for m in _failures("targeted_objective", averaged))
