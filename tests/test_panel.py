@@ -29,7 +29,7 @@ def test_panel_contract(lite_model, coffee):
 def test_moving_eps_updates_result_and_every_view(lite_model, coffee):
     x, label = coffee
     panel = fgsm_panel(lite_model, x, label)
-    views = panel._images["adversarial"], panel._images["perturbation"], panel._bars_adv
+    views = panel.view.images["adversarial"], panel.view.images["perturbation"], panel.view.bars_adv
     panel.controls["eps"].value = 0.0
     assert torch.equal(panel.result.x_adv, x)
     assert not panel.result.success
@@ -42,7 +42,7 @@ def test_moving_eps_updates_result_and_every_view(lite_model, coffee):
     expected = fgsm(lite_model, x[None], torch.tensor([label]), 4 / 255)[0]
     assert torch.allclose(panel.result.x_adv, expected, atol=1e-6)
     assert (panel.result.x_adv - x).abs().max() <= 4 / 255 + 1e-6
-    assert "4/255" in panel._status.value
+    assert "4/255" in panel.view.status.value
 
 
 def test_one_gradient_per_image_and_target(lite_model, coffee, monkeypatch):
