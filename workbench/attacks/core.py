@@ -4,6 +4,10 @@ The gradient is taken with ``torch.autograd.grad`` with respect to the input onl
 model's parameters never receive a ``.grad``; their ``requires_grad`` is switched off for the
 attack (fewer gradients to compute) and restored afterwards, as is each module's train/eval
 mode.
+
+Objective and success are functions of the logits (:func:`attack_objective`,
+:func:`success_from_logits`), so an attack that already has a forward pass's logits gets both
+without running the model again (:func:`loss_grad_and_logits`).
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
             f"y must be shaped (N,) = ({x.shape[0]},) to match x {tuple(x.shape)}, "
             f"got {tuple(y.shape)}")
     device = model_device(model)
-    return x.detach().to(device), y.to(device=device, dtype=torch.long)
+    x = x.detach().to(device)
+    if x.is_inference():  # made under torch.inference_mode: autograd cannot use it
+        with torch.inference_mode(False):
+            x = x.clone()
+    return x, y.to(device=device, dtype=torch.long)
 
 
 def check_labels(y: torch.Tensor, num_classes: int, *, name: str = "y") -> None:
@@ -91,7 +99,8 @@ def attack_mode(model: nn.Module):
     """Run the block with every module in eval mode and parameters frozen; restore both.
 
     Batch-norm statistics and dropout are those of inference, the parameters' ``.grad`` and
-    ``requires_grad`` are as they were when the block ends, whatever happens inside it.
+    ``requires_grad`` are as they were when the block ends, whatever happens inside it. Inside
+    the block autograd works even when the caller is in ``torch.inference_mode``.
     """
     modes = [(module, module.training) for module in model.modules()]
     flags = [(param, param.requires_grad) for param in model.parameters()]
@@ -99,12 +108,50 @@ def attack_mode(model: nn.Module):
         model.eval()
         for param, _ in flags:
             param.requires_grad_(False)
-        yield model
+        with torch.inference_mode(False):
+            yield model
     finally:
         for module, training in modes:
             module.training = training
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+def attack_objective(logits: torch.Tensor, y: torch.Tensor, *, targeted: bool) -> torch.Tensor:
+    """What the attacker ascends, per example, from logits (N, K) -> (N,) float32.
+
+    Cross-entropy of the true label (untargeted) or minus cross-entropy of the target
+    (targeted), computed in float32 from the logits (also when they come out of autocast in
+    bfloat16 or float16).
+    """
+    objective = F.cross_entropy(logits.float(), y, reduction="none")
+    return -objective if targeted else objective
+
+
+def success_from_logits(logits: torch.Tensor, y: torch.Tensor, *,
+                        targeted: bool) -> torch.Tensor:
+    """Per example (N,) bool from logits (N, K): the top class is the target (targeted) or is
+    not the label (untargeted). The same rule as :func:`attack_success`, without a forward."""
+    pred = logits.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def loss_grad_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         targeted: bool, check: bool = True):
+    """One forward and one backward pass: the objective, its gradient and the logits.
+
+    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32, grad (N, C, H, W) with x's dtype
+    and layout, logits (N, K) detached, in the model's output dtype. ``check=False`` skips
+    the label range check (one host sync on CUDA) when the caller has already made it.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        if check:
+            check_labels(y, logits.shape[1])
+        objective = attack_objective(logits, y, targeted=targeted)
+        (grad,) = torch.autograd.grad(objective.sum(), x)
+    return objective.detach(), grad, logits.detach()
 
 
 def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targeted: bool):
@@ -116,15 +163,8 @@ def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targete
 
     Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32, grad (N, C, H, W) like x.
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        logits = model(x).float()
-        check_labels(y, logits.shape[1])
-        objective = F.cross_entropy(logits, y, reduction="none")
-        if targeted:
-            objective = -objective
-        (grad,) = torch.autograd.grad(objective.sum(), x)
-    return objective.detach(), grad.detach()
+    objective, grad, _ = loss_grad_and_logits(model, x, y, targeted=targeted)
+    return objective, grad
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -136,5 +176,5 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def attack_success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *,
                    targeted: bool) -> torch.Tensor:
     """Per example (N,) bool: prediction is the target (targeted) or is not the label."""
-    pred = predict(model, x_adv)
-    return pred == y if targeted else pred != y
+    with torch.no_grad():
+        return success_from_logits(model(x_adv), y, targeted=targeted)
