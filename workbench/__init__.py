@@ -9,7 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attacks", "cli", "config", "data", "exercises", "models", "viz", "widgets"}
+_SUBMODULES = {"attacks", "cli", "config", "data", "defenses", "exercises", "experiments", "models",
+               "notebooks", "viz", "widgets"}
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""The ``workbench`` command: doctor, lab, run, build, grade."""
+"""The ``workbench`` command: doctor, lab, run, build, grade, experiment."""
 
 from __future__ import annotations
 
@@ -116,6 +116,15 @@ def grade(args) -> int:
     return 0 if report.passed else 1
 
 
+def experiment(args) -> int:
+    """Train (or load from the cache) and evaluate an experiment's models; print the results."""
+    from workbench.experiments import EXPERIMENTS, format_table
+
+    result = EXPERIMENTS[args.name](cache=not args.no_cache, progress=sys.stderr.isatty())
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")
     p.add_argument("--dir", help="notebooks folder (default: the repository's)")
     p.set_defaults(fn=build)
+    p = sub.add_parser("experiment", help="train and compare models (notebook 03, part B)")
+    p.add_argument("name", choices=["advprop"], help="advprop: standard vs AdvProp vs PGD-AT")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-cache", action="store_true", help="train again, ignore cached weights")
+    p.set_defaults(fn=experiment)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,98 @@
+"""Accuracy on clean images, under attack, and under attacks crafted on another model.
+
+Every function runs the model in eval mode and restores its mode afterwards. Attacks are
+untargeted and L-inf, with eps in pixel units (images in [0, 1]); PGD's random starts are
+drawn from a generator seeded with ``seed``, so the same call gives the same number.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from workbench.attacks import fgsm, pgd, predict
+from workbench.attacks.core import attack_mode, check_batch, check_eps
+from workbench.defenses.training import default_alpha
+
+ATTACKS = ("pgd", "fgsm")
+EVAL_STEPS = 10
+
+
+def _check_attack(attack: str) -> None:
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Share of images whose top prediction is the label, in [0, 1].
+
+    x: (N, C, H, W) float in [0, 1]; y: (N,) int64. The model runs in eval mode, in batches
+    of ``batch_size``; its mode is restored.
+    """
+    x, y = check_batch(model, x, y)
+    with attack_mode(model):  # eval mode, frozen parameters, both restored afterwards
+        correct = sum(int((predict(model, xb) == yb).sum())
+                      for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    return correct / len(y)
+
+
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                         attack: str = "pgd", steps: int = EVAL_STEPS,
+                         alpha: float | None = None, seed: int = 0,
+                         batch_size: int = 256) -> torch.Tensor:
+    """Untargeted L-inf adversarial versions of x, crafted on ``model`` in batches.
+
+    Args:
+        x: (N, C, H, W) float in [0, 1]. y: (N,) int64 true labels.
+        eps: budget in pixel units. attack: "pgd" or "fgsm" (which ignores steps and alpha).
+        steps: PGD steps. alpha: PGD step size (default 2.5 * eps / steps).
+        seed: seeds PGD's random starts (one generator across the batches).
+
+    Returns:
+        (N, C, H, W) in [0, 1], each within eps of its clean image.
+    """
+    _check_attack(attack)
+    eps = check_eps(eps)
+    alpha = default_alpha(eps, steps) if alpha is None else alpha
+    generator = torch.Generator().manual_seed(seed)
+    x, y = check_batch(model, x, y)
+    parts = [fgsm(model, xb, yb, eps) if attack == "fgsm" else
+             pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, generator=generator).x_adv
+             for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    return torch.cat(parts)
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                    attack: str = "pgd", steps: int = EVAL_STEPS, alpha: float | None = None,
+                    seed: int = 0, batch_size: int = 256) -> float:
+    """Accuracy on adversarial examples crafted against ``model`` itself (white box), in
+    [0, 1]. Arguments as :func:`adversarial_examples`. At eps = 0 no attack can move an image,
+    so it is :func:`accuracy`, computed without running one."""
+    _check_attack(attack)
+    if check_eps(eps) == 0:
+        return accuracy(model, x, y, batch_size)
+    x_adv = adversarial_examples(model, x, y, eps=eps, attack=attack, steps=steps, alpha=alpha,
+                                 seed=seed, batch_size=batch_size)
+    return accuracy(model, x_adv, y, batch_size)
+
+
+def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     epsilons: Sequence[float], attack: str = "pgd", *,
+                     steps: int = EVAL_STEPS, seed: int = 0,
+                     batch_size: int = 256) -> list[float]:
+    """Robust accuracy at each eps of ``epsilons`` (pixel units), PGD step size 2.5 * eps /
+    steps at each: a list of floats in [0, 1], one per eps."""
+    return [robust_accuracy(model, x, y, eps=eps, attack=attack, steps=steps, seed=seed,
+                            batch_size=batch_size) for eps in epsilons]
+
+
+def transfer_accuracy(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
+                      y: torch.Tensor, *, eps: float, steps: int = EVAL_STEPS,
+                      alpha: float | None = None, seed: int = 0, batch_size: int = 256) -> float:
+    """Black-box transfer: accuracy of ``target_model`` on PGD examples crafted against
+    ``source_model`` (which must take the same images), in [0, 1]."""
+    x_adv = adversarial_examples(source_model, x, y, eps=eps, steps=steps, alpha=alpha,
+                                 seed=seed, batch_size=batch_size)
+    return accuracy(target_model, x_adv, y, batch_size)

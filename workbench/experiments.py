@@ -1,0 +1,207 @@
+"""Experiments that train several models and compare them: the numbers notebook 03 shows and
+``workbench experiment advprop`` prints.
+
+Trained weights are cached under ``cache_dir() / "digits"``, one file per method, seed and set
+of hyper-parameters, so a second call only evaluates. Everything runs on one intra-op torch
+thread (the caller's setting is restored afterwards): floating-point sums then come out the
+same whatever thread count the notebook kernel, the command line or the tests use, so all
+three print the same numbers; for these tiny batches one thread is also the fastest on a
+2-core machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.config import cache_dir
+from workbench.data.digits import load_digits_split
+from workbench.defenses.evaluation import accuracy, robustness_curve
+from workbench.defenses.models import digits_cnn
+from workbench.defenses.training import BATCH_SIZE, EPOCHS, EPS, LR, METHODS, STEPS, train
+
+# Bump when digits_cnn, the training loop or the data split changes: old cache files are
+# then ignored instead of loaded into a model they no longer describe.
+CACHE_VERSION = 1
+HYPERPARAMS = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "eps": EPS, "alpha": None,
+               "steps": STEPS}
+ATTACK_KEYS = ("eps", "alpha", "steps")  # the training attack's settings, unused by "standard"
+CURVE_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # pixel units, images in [0, 1]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one intra-op torch thread; restore the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _hyperparams(method: str, hp: dict) -> dict:
+    """``HYPERPARAMS`` updated with ``hp``; ValueError for an unknown method or keyword."""
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; choose one of {METHODS}")
+    unknown = sorted(set(hp) - set(HYPERPARAMS))
+    if unknown:
+        raise ValueError(f"unknown hyper-parameters {unknown}; known: {sorted(HYPERPARAMS)}")
+    return {**HYPERPARAMS, **hp}
+
+
+def _training_key(method: str, seed: int, hp: dict) -> dict:
+    """What determines the trained weights: the attack's settings only where one is used."""
+    if method == "standard":
+        hp = {k: v for k, v in hp.items() if k not in ATTACK_KEYS}
+    return {"method": method, "seed": seed, **hp}
+
+
+def cache_path(method: str, seed: int, **hp) -> Path:
+    """Where ``train_or_load`` keeps the weights for this method, seed and hyper-parameters:
+    ``cache_dir() / "digits" / "<method>-seed<seed>-<hash>.pt"``. Standard training ignores
+    the attack's settings, so its file does not depend on them."""
+    key = {"version": CACHE_VERSION, **_training_key(method, seed, _hyperparams(method, hp))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "digits" / f"{method}-seed{seed}-{digest}.pt"
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> bool:
+    """Load a cached state dict into ``model``; False (with a warning when the file exists
+    but cannot be read) if there is nothing usable."""
+    if not path.is_file():
+        return False
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # truncated, not a checkpoint, other keys: all mean "retrain"
+        warnings.warn(f"cached weights {path} are unreadable ({type(err).__name__}: "
+                      f"{str(err)[:120]}); training again and overwriting them", stacklevel=3)
+        return False
+    return True
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write the state dict to a temporary file, then rename: a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+
+
+def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: bool = False,
+                  **hp):
+    """A ``digits_cnn`` trained with ``method`` from ``seed``, loaded from the cache if there.
+
+    Args:
+        method: "standard", "advprop" (the model gets dual BN) or "pgd_at".
+        seed: seeds the initial weights, the shuffling and the training attack.
+        cache: read and write ``cache_path(method, seed, **hp)``; False trains afresh and
+            writes nothing. An unreadable cache file is trained again and overwritten.
+        progress: show the training progress bar.
+        **hp: hyper-parameters of :func:`workbench.defenses.train` (epochs, batch_size, lr,
+            eps, alpha, steps); defaults in ``HYPERPARAMS``.
+
+    Returns:
+        The trained :class:`Classifier` in eval mode, on the CPU, trained (on one torch
+        thread, see the module's docstring) on the default ``load_digits_split()`` training
+        set; ``.source`` says how it was trained.
+    """
+    hp = _hyperparams(method, hp)
+    model = digits_cnn(dual_bn=method == "advprop", seed=seed)
+    path = cache_path(method, seed, **hp)
+    if not (cache and _load_weights(model, path)):
+        x_train, y_train, _, _ = load_digits_split()
+        with one_thread():
+            train(model, x_train, y_train, method=method, seed=seed, progress=progress, **hp)
+        if cache:
+            _save_weights(model, path)
+    model.eval()
+    settings = ", ".join(f"{k} {v}" for k, v in _training_key(method, seed, hp).items()
+                         if k != "method" and v is not None)
+    model.source = (f"digits_cnn trained here with {method} ({settings}) on scikit-learn's "
+                    f"digits at 16 x 16.")
+    return model
+
+
+def _evaluate(model, x, y, *, eps: float, epsilons: Sequence[float], seed: int) -> dict:
+    """Clean accuracy, PGD accuracy at eps and FGSM / PGD curves over epsilons, of one model
+    on x (N, 1, 16, 16), y (N,); PGD's random starts from ``seed``."""
+    grid = sorted({*epsilons, eps})
+    pgd_acc = dict(zip(grid, robustness_curve(model, x, y, grid, "pgd", seed=seed)))
+    return {"seed": seed, "clean_acc": accuracy(model, x, y), "robust_acc": pgd_acc[eps],
+            "fgsm_curve": robustness_curve(model, x, y, epsilons, "fgsm", seed=seed),
+            "pgd_curve": [pgd_acc[e] for e in epsilons]}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _summarise(method: str, runs: list[dict], epsilons: Sequence[float]) -> dict:
+    """One result row: means and standard deviations over the seeds' runs."""
+    clean, clean_std = _mean_std([r["clean_acc"] for r in runs])
+    robust, robust_std = _mean_std([r["robust_acc"] for r in runs])
+    return {"method": method, "clean_acc": clean, "clean_acc_std": clean_std,
+            "robust_acc": robust, "robust_acc_std": robust_std,
+            "per_seed": [{k: r[k] for k in ("seed", "clean_acc", "robust_acc")} for r in runs],
+            "curve_eps": list(epsilons),
+            "fgsm_curve": [statistics.fmean(c) for c in zip(*(r["fgsm_curve"] for r in runs))],
+            "pgd_curve": [statistics.fmean(c) for c in zip(*(r["pgd_curve"] for r in runs))]}
+
+
+def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EPOCHS,
+                           eps: float = EPS, epsilons: Sequence[float] = CURVE_EPS,
+                           cache: bool = True, progress: bool = False) -> dict:
+    """Standard vs AdvProp vs PGD-AT on the digits: train (or load) each method per seed,
+    evaluate on the held-out split of ``load_digits_split()`` (450 images).
+
+    Args:
+        seeds: one model per method and seed. epochs: training epochs.
+        eps: the headline L-inf budget (pixel units): the training attack's budget for AdvProp
+            and PGD-AT, and the budget of the PGD-10 attack in ``robust_acc``.
+        epsilons: the budgets of the FGSM and PGD-10 robustness curves.
+        cache: load and store trained weights (see :func:`train_or_load`).
+        progress: progress bars over the models and their training.
+
+    Returns:
+        ``{"eps", "seeds", "rows"}``, one row per method: ``method``, ``clean_acc`` and
+        ``robust_acc`` (means over seeds, in [0, 1]) with ``clean_acc_std`` and
+        ``robust_acc_std`` (sample standard deviations), ``per_seed`` (``seed``,
+        ``clean_acc``, ``robust_acc``), ``curve_eps`` and the mean ``fgsm_curve`` and
+        ``pgd_curve`` (accuracy at each eps of ``curve_eps``).
+    """
+    _, _, x_test, y_test = load_digits_split()
+    runs = {method: [] for method in METHODS}
+    jobs = [(method, seed) for method in METHODS for seed in seeds]
+    with one_thread():
+        for method, seed in tqdm(jobs, desc="models", disable=not progress):
+            model = train_or_load(method, seed, cache=cache, progress=progress, epochs=epochs,
+                                  eps=eps)
+            runs[method].append(_evaluate(model, x_test, y_test, eps=eps, epsilons=epsilons,
+                                          seed=seed))
+    return {"eps": eps, "seeds": list(seeds),
+            "rows": [_summarise(method, runs[method], epsilons) for method in METHODS]}
+
+
+def format_table(result: dict) -> str:
+    """``run_advprop_experiment``'s result as a text table, one line per method."""
+    head = f"{'method':<10} {'clean acc':>15}   {'PGD-10 acc at eps=' + str(result['eps']):>24}"
+    lines = [head, "-" * len(head)]
+    for row in result["rows"]:
+        lines.append(f"{row['method']:<10} {row['clean_acc']:>8.3f} ± {row['clean_acc_std']:.3f}"
+                     f"   {row['robust_acc']:>17.3f} ± {row['robust_acc_std']:.3f}")
+    lines.append(f"means ± sample std over seeds {result['seeds']}; test split of 450 digits")
+    return "\n".join(lines)
+
+
+EXPERIMENTS = {"advprop": run_advprop_experiment}
