@@ -72,3 +72,26 @@ def test_broken_targeted_objectives_are_named():
     assert any("probabilities" in m for m in _failures("targeted_objective", on_probs))
     assert any("negate" in m for m in _failures("targeted_objective", wrong_sign))
     assert any("one value per example" in m for m in _failures("targeted_objective", averaged))
+
+
+def test_advprop_checks_pass_on_the_reference_and_name_broken_routing():
+    from workbench.defenses import DualBatchNorm2d, advprop_loss
+
+    assert not _failures("advprop_loss", advprop_loss)
+
+    def all_main(model, x_clean, x_adv, y):
+        return F.cross_entropy(model(x_clean), y) + F.cross_entropy(model(x_adv), y)
+
+    def leaves_aux_on(model, x_clean, x_adv, y):
+        clean = F.cross_entropy(model(x_clean), y)
+        for layer in model.modules():  # switched on by hand, never switched back
+            if isinstance(layer, DualBatchNorm2d):
+                layer.use_aux = True
+        return clean + F.cross_entropy(model(x_adv), y)
+
+    def returns_float(model, x_clean, x_adv, y):
+        return advprop_loss(model, x_clean, x_adv, y).item()
+
+    assert any("through the main BatchNorm" in m for m in _failures("advprop_loss", all_main))
+    assert any("still switched on" in m for m in _failures("advprop_loss", leaves_aux_on))
+    assert _failures("advprop_loss", returns_float)

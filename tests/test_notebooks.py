@@ -18,7 +18,7 @@ from workbench.notebooks import BEGIN, END, build, masters, output_path, render
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 # Seconds each notebook may take to run top to bottom in lite mode on 2 CPU cores.
-BUDGET_S = {"00_setup": 90, "02_fgsm": 240}
+BUDGET_S = {"00_setup": 90, "02_fgsm": 240, "03_pgd": 420}
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -40,6 +40,7 @@ def test_student_versions_hide_answers_and_solutions_keep_them():
         assert BEGIN not in student + solution and END not in student + solution
         answers = master.read_text().count(BEGIN)
         assert student.count("raise NotImplementedError") == answers
+    assert "project_l2" in output_path(NOTEBOOKS / "03_pgd.py", "student").read_text()
     fgsm_solution = output_path(NOTEBOOKS / "02_fgsm.py", "solutions").read_text()
     answer_line = "(grad,) = torch.autograd.grad(loss, x_adv)"
     assert answer_line in fgsm_solution
@@ -96,6 +97,30 @@ def test_fgsm_solution_runs_within_budget_and_grades_as_passing():
     assert [e["name"] for e in report["exercises"]] == ["fgsm", "sweep_eps"]
     assert all(c["passed"] for e in report["exercises"] for c in e["checks"])
     assert elapsed < BUDGET_S["02_fgsm"], f"took {elapsed:.0f} s"
+
+
+@pytest.mark.notebook
+def test_pgd_solution_runs_within_budget_and_grades_as_passing():
+    start = time.monotonic()
+    done = _run("grade", "notebooks/solutions/03_pgd.ipynb", "--json",
+                timeout=BUDGET_S["03_pgd"] + 120)
+    elapsed = time.monotonic() - start
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, json.dumps(report, indent=1)
+    assert [e["name"] for e in report["exercises"]] == [
+        "pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"]
+    assert elapsed < BUDGET_S["03_pgd"], f"took {elapsed:.0f} s"
+
+
+@pytest.mark.notebook
+def test_pgd_student_notebook_grades_as_failing():
+    done = _run("grade", "notebooks/student/03_pgd.ipynb", "--json",
+                timeout=BUDGET_S["03_pgd"] + 120)
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and not report["passed"]
+    checks = [c for e in report["exercises"] for c in e["checks"]]
+    assert checks and not any(c["passed"] for c in checks)
+    assert all("not implemented yet" in c["message"] for c in checks)
 
 
 @pytest.mark.notebook

@@ -94,3 +94,55 @@ def test_bad_inputs(lite_model, coffee):
         fgsm_panel(lite_model, x * 255, label)
     with pytest.raises(ValueError, match="label"):
         fgsm_panel(lite_model, x, 1000)
+
+
+# ----------------------------------------------------------------------------- PGD panel
+
+
+def test_pgd_panel_runs_on_the_button_and_draws_the_loss_per_step(lite_model, coffee):
+    from workbench.attacks import pgd
+    from workbench.widgets import pgd_panel
+
+    x, label = coffee
+    panel = pgd_panel(lite_model, x, label, seed=0)
+    assert panel.result is None  # nothing heavy runs until asked
+    panel.controls["eps"].value = 2 / 255
+    panel.controls["steps"].value = 3
+    assert panel.result is None, "moving a slider must not run the attack"
+    curves = []
+    panel.curve.observe(lambda change: curves.append(change["new"]), names="value")
+    panel.controls["run"].click()
+    result = panel.result
+    assert result is not None and result.steps == 3 and result.norm == "linf"
+    assert len(curves) == 3 and curves[0] != curves[-1], "one redraw of the curve per step"
+    assert result.alpha == pytest.approx(0.25 * 2 / 255)
+    expected = pgd(lite_model, x[None], torch.tensor([label]), eps=2 / 255, alpha=result.alpha,
+                   steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(result.attack.x_adv, expected.x_adv, atol=1e-6)
+    assert (result.attack.x_adv - x).abs().max() <= 2 / 255 + 1e-6
+    assert result.success == bool(expected.success[0])
+    assert "2/255" in panel.view.status.value
+
+
+def test_pgd_panel_l2_and_targeted(lite_model, coffee):
+    from workbench.widgets import pgd_panel
+
+    x, label = coffee
+    panel = pgd_panel(lite_model, x, label)
+    panel.controls["norm"].value = "l2"
+    assert panel.controls["eps"].max == pytest.approx(4.0)
+    assert panel.controls["eps"].value == pytest.approx(1.0)
+    panel.controls["steps"].value = 3
+    result = panel.run()
+    assert result.norm == "l2"
+    assert (result.attack.x_adv - x).flatten().norm() <= 1.0 + 1e-5
+    panel.controls["norm"].value = "linf"
+    assert panel.controls["eps"].max == pytest.approx(16 / 255)
+    panel.controls["targeted"].value = True
+    target = panel.view.top5_clean[1].index
+    panel.controls["target"].value = target
+    panel.controls["eps"].value = 8 / 255
+    panel.controls["steps"].value = 5
+    result = panel.run()
+    assert result.target == target
+    assert result.success and result.top5_adv[0].index == target

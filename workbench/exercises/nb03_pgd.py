@@ -203,3 +203,100 @@ def _targeted_monotone(targeted_objective):
                             .flatten()[0]))
     if not values[0] < values[1] < values[2]:
         raise CheckFailed(f"objective {values} should rise as the target's logit rises")
+
+
+# ----------------------------------------------------------------------------- AdvProp
+
+advprop_exercise = exercise("advprop_loss", notebook="03_pgd",
+                            title="AdvProp's dual-BatchNorm loss, advprop_loss(model, x_clean, "
+                                  "x_adv, y)")
+
+
+def _advprop_case(seed: int):
+    """Two identical dual-BN digits CNNs in train mode, clean and perturbed digits, labels."""
+    from workbench.defenses import DualBatchNorm2d, digits_cnn
+
+    g = torch.Generator().manual_seed(seed)
+    x_clean = torch.rand((8, 1, 16, 16), generator=g)
+    x_adv = (x_clean + (torch.rand(x_clean.shape, generator=g) - 0.5) * 0.6).clamp(0, 1)
+    y = torch.randint(0, 10, (8,), generator=g)
+    models = [digits_cnn(dual_bn=True, seed=seed).train() for _ in range(2)]
+    for model in models:  # make the auxiliary halves differ, so routing changes the loss
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, DualBatchNorm2d):
+                    layer.aux.weight.fill_(1.5)
+                    layer.aux.bias.fill_(0.2)
+    return models[0], models[1], x_clean, x_adv, y
+
+
+def _bn_stats(model, half: str) -> torch.Tensor:
+    from workbench.defenses import DualBatchNorm2d
+
+    return torch.cat([getattr(m, half).running_mean for m in model.modules()
+                      if isinstance(m, DualBatchNorm2d)])
+
+
+@advprop_exercise.check("equals clean CE (main BN) + adversarial CE (auxiliary BN)")
+def _advprop_value(advprop_loss):
+    from workbench.defenses import advprop_loss as reference
+
+    learner_model, reference_model, x_clean, x_adv, y = _advprop_case(30)
+    out = _as_tensor(advprop_loss(learner_model, x_clean, x_adv, y), "the loss")
+    expected = reference(reference_model, x_clean, x_adv, y).detach()
+    if out.numel() != 1:
+        raise CheckFailed(f"return one number (a scalar tensor), got shape {tuple(out.shape)}")
+    if torch.allclose(out.reshape(()), expected, atol=1e-5):
+        return
+    _, plain_model, *_ = _advprop_case(30)
+    both_main = (F.cross_entropy(plain_model(x_clean), y)
+                 + F.cross_entropy(plain_model(x_adv), y)).detach()
+    if torch.allclose(out.reshape(()), both_main, atol=1e-5):
+        raise CheckFailed("the adversarial batch went through the main BatchNorm: run its "
+                          "forward pass inside `with auxiliary_bn(model):`")
+    raise CheckFailed(f"loss {out.item():.4f}, expected {expected.item():.4f}: the sum of "
+                      f"F.cross_entropy on the logits of each batch")
+
+
+@advprop_exercise.check("each BatchNorm's statistics see only their own kind of image")
+def _advprop_stats(advprop_loss):
+    from workbench.defenses import advprop_loss as reference
+
+    learner_model, reference_model, x_clean, x_adv, y = _advprop_case(31)
+    advprop_loss(learner_model, x_clean, x_adv, y)
+    reference(reference_model, x_clean, x_adv, y)
+    for half, kind in (("main", "clean"), ("aux", "adversarial")):
+        if not torch.allclose(_bn_stats(learner_model, half), _bn_stats(reference_model, half),
+                              atol=1e-6):
+            raise CheckFailed(f"the {half} BatchNorm's running statistics are not those of the "
+                              f"{kind} batch alone: clean images through the main BN, "
+                              f"adversarial ones (only) through the auxiliary BN")
+
+
+@advprop_exercise.check("leaves the model on its main BatchNorm")
+def _advprop_restores(advprop_loss):
+    from workbench.defenses import DualBatchNorm2d
+
+    learner_model, _, x_clean, x_adv, y = _advprop_case(32)
+    advprop_loss(learner_model, x_clean, x_adv, y)
+    if any(m.use_aux for m in learner_model.modules() if isinstance(m, DualBatchNorm2d)):
+        raise CheckFailed("the auxiliary BatchNorm is still switched on after your function: "
+                          "use `with auxiliary_bn(model):`, which switches it back")
+
+
+@advprop_exercise.check("trains both BatchNorms (the loss keeps its graph)")
+def _advprop_gradients(advprop_loss):
+    from workbench.defenses import DualBatchNorm2d
+
+    learner_model, _, x_clean, x_adv, y = _advprop_case(33)
+    loss = advprop_loss(learner_model, x_clean, x_adv, y)
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        raise CheckFailed("the loss has no gradient: return the tensor itself, not .item() or "
+                          "a detached copy, so training can call loss.backward()")
+    loss.backward()
+    layer = next(m for m in learner_model.modules() if isinstance(m, DualBatchNorm2d))
+    for half in ("main", "aux"):
+        grad = getattr(layer, half).weight.grad
+        if grad is None or grad.abs().sum() == 0:
+            raise CheckFailed(f"no gradient reaches the {half} BatchNorm: both batches must "
+                              f"contribute to the loss")

@@ -7,6 +7,7 @@ PNG bytes and bars as HTML, never pay for it.
 from workbench.viz.images import (
     Prediction,
     amplified_perturbation,
+    loss_curve_svg,
     png_bytes,
     to_uint8,
     top_k,
@@ -14,5 +15,5 @@ from workbench.viz.images import (
 )
 from workbench.viz.plots import attack_figure, eps_sweep_figure
 
-__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure",
+__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure", "loss_curve_svg",
            "png_bytes", "to_uint8", "top_k", "top_k_html"]

@@ -70,3 +70,38 @@ def top_k_html(title: str, predictions: Sequence[Prediction], *, label: int | No
         )
     return (f"<div><b>{html.escape(title)}</b><table style='font-size:12px'>"
             f"{''.join(rows)}</table></div>")
+
+
+def loss_curve_svg(values: Sequence[float], *, steps: int, title: str,
+                   ylabel: str = "objective (nats)", width: int = 320, height: int = 180) -> str:
+    """A small line chart as inline SVG (no matplotlib, cheap enough to redraw every step).
+
+    ``values`` are the objective after steps 1..len(values); the x axis runs to ``steps``.
+    """
+    left, right, top, bottom = 48, 10, 22, 34
+    inner_w, inner_h = width - left - right, height - top - bottom
+    shown = [float(v) for v in values]
+    low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    xs = [left + inner_w * (i + 1) / max(steps, 1) for i in range(len(shown))]
+    ys = [top + inner_h * (1 - (v - low) / (high - low)) for v in shown]
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+    axis = "stroke='#555' stroke-width='1'"
+    text = "font-size='10' fill='#333' font-family='sans-serif'"
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+        f"<text x='{width / 2}' y='14' text-anchor='middle' {text} font-weight='bold'>"
+        f"{html.escape(title)}</text>"
+        f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + inner_h}' {axis}/>"
+        f"<line x1='{left}' y1='{top + inner_h}' x2='{left + inner_w}' y2='{top + inner_h}' {axis}/>"
+        f"<text x='{left - 4}' y='{top + 4}' text-anchor='end' {text}>{high:.2f}</text>"
+        f"<text x='{left - 4}' y='{top + inner_h}' text-anchor='end' {text}>{low:.2f}</text>"
+        f"<text x='{left}' y='{height - 18}' text-anchor='middle' {text}>0</text>"
+        f"<text x='{left + inner_w}' y='{height - 18}' text-anchor='middle' {text}>{steps}</text>"
+        f"<text x='{left + inner_w / 2}' y='{height - 4}' text-anchor='middle' {text}>step</text>"
+        f"<text x='10' y='{top + inner_h / 2}' text-anchor='middle' {text} "
+        f"transform='rotate(-90 10 {top + inner_h / 2})'>{html.escape(ylabel)}</text>"
+        f"<polyline points='{points}' fill='none' stroke='#1565c0' stroke-width='2'/>"
+        "</svg>"
+    )
