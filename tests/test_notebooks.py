@@ -85,31 +85,23 @@ def test_setup_notebook_runs_in_lite_mode_within_budget():
     assert elapsed < BUDGET_S["00_setup"], f"took {elapsed:.0f} s"
 
 
+EXERCISES = {"02_fgsm": ["fgsm", "sweep_eps"],
+             "03_pgd": ["pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"]}
+
+
 @pytest.mark.notebook
-def test_fgsm_solution_runs_within_budget_and_grades_as_passing():
+@pytest.mark.parametrize("stem", sorted(EXERCISES))
+def test_solution_runs_within_budget_and_grades_as_passing(stem):
     start = time.monotonic()
-    done = _run("grade", "notebooks/solutions/02_fgsm.ipynb", "--json",
-                timeout=BUDGET_S["02_fgsm"] + 120)
+    done = _run("grade", f"notebooks/solutions/{stem}.ipynb", "--json",
+                timeout=BUDGET_S[stem] + 120)
     elapsed = time.monotonic() - start
     report = json.loads(done.stdout)
     assert done.returncode == 0, json.dumps(report, indent=1)
     assert report["passed"] and report["run"]["passed"]
-    assert [e["name"] for e in report["exercises"]] == ["fgsm", "sweep_eps"]
+    assert [e["name"] for e in report["exercises"]] == EXERCISES[stem]
     assert all(c["passed"] for e in report["exercises"] for c in e["checks"])
-    assert elapsed < BUDGET_S["02_fgsm"], f"took {elapsed:.0f} s"
-
-
-@pytest.mark.notebook
-def test_pgd_solution_runs_within_budget_and_grades_as_passing():
-    start = time.monotonic()
-    done = _run("grade", "notebooks/solutions/03_pgd.ipynb", "--json",
-                timeout=BUDGET_S["03_pgd"] + 120)
-    elapsed = time.monotonic() - start
-    report = json.loads(done.stdout)
-    assert done.returncode == 0, json.dumps(report, indent=1)
-    assert [e["name"] for e in report["exercises"]] == [
-        "pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"]
-    assert elapsed < BUDGET_S["03_pgd"], f"took {elapsed:.0f} s"
+    assert elapsed < BUDGET_S[stem], f"took {elapsed:.0f} s"
 
 
 @pytest.mark.notebook
