@@ -77,3 +77,42 @@ def test_grade_and_run_reject_a_missing_notebook():
         out = subprocess.run([sys.executable, "-m", "workbench.cli", command, "nope.ipynb"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "no notebook at nope.ipynb" in out.stderr
+
+
+def test_lab_command_serves_the_notebooks_folder(tmp_path):
+    """The README's first command ends in `workbench lab`: JupyterLab must start on notebooks/
+    with the options dev.sh passes (--allow-root as root) and any the user adds."""
+    import os
+    import secrets
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(8)
+    args = [sys.executable, "-m", "workbench.cli", "lab", "--no-browser", f"--port={port}",
+            "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}"]
+    if os.geteuid() == 0:
+        args.append("--allow-root")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 60
+        listing = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                url = f"http://127.0.0.1:{port}/api/contents?token={token}"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    listing = json.load(response)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert listing is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        names = {item["name"] for item in listing["content"]}
+        assert {"02_fgsm.py", "student", "solutions"} <= names
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="mode, device, versions, weights").set_defaults(fn=doctor)
-    p = sub.add_parser("lab", help="open JupyterLab on notebooks/")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    p = sub.add_parser("lab", help="open JupyterLab on notebooks/ (other options go to "
+                                   "jupyter lab, e.g. --no-browser --port 8890)")
     p.set_defaults(fn=lab)
     for name, fn, text in (("run", run, "execute a notebook in lite mode"),
                            ("grade", grade, "grade a notebook's exercises")):
@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-cache", action="store_true", help="train again, ignore cached weights")
     p.set_defaults(fn=experiment)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # lab passes them on to jupyter lab
     return args.fn(args)
 
 
