@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {"attacks", "cli", "config", "data", "defenses", "exercises", "experiments", "models",
-               "notebooks", "viz", "widgets"}
+               "notebooks", "safety", "viz", "widgets"}
 
 
 def __getattr__(name):
