@@ -143,9 +143,9 @@ def _execute(path: str, out: str, cell_timeout: str) -> None:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
+    folder = str(Path(path).parent)  # the kernel starts here, so relative paths resolve
     client = NotebookClient(notebook, timeout=int(cell_timeout), kernel_name="python3",
-                            allow_errors=True, resources={"metadata": {"path": str(Path(path)
-                                                                                   .parent)}})
+                            allow_errors=True, resources={"metadata": {"path": folder}})
     client.execute()
     nbformat.write(notebook, out)
 
