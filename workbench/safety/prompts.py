@@ -110,3 +110,55 @@ def make_prompt(harm_type: HarmType | str, user_content: str,
     text is read as ``Yes`` (violates) or ``No``.
     """
     return prompt_parts(harm_type, user_content, model_content).join()
+
+
+class ParsedPrompt(NamedTuple):
+    """What :func:`parse_prompt` reads back out of a prompt built by :func:`make_prompt`."""
+
+    harm_type: HarmType
+    user_content: str
+    model_content: str | None
+
+
+def parse_prompt(prompt: str) -> ParsedPrompt:
+    """Undo :func:`make_prompt`: the harm type, user content and (or None) model content.
+
+    The preamble says the use case and the policy's text says the harm type, so a prompt made
+    by ``make_prompt`` parses back exactly. The user content ends at the *last* block that can
+    follow it, so user content that itself contains ``<end_of_turn>`` is kept whole. Raises
+    ValueError, naming what is missing, for text that is not in the template.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"a prompt must be a str, got {type(prompt).__name__}")
+    for use_case, preamble in PREAMBLES.items():
+        head = f"{preamble}\n\n{START_OF_TURN}\nHuman Question: "
+        if prompt.startswith(head):
+            break
+    else:
+        raise ValueError(
+            "this text does not start with ShieldGemma's preamble and 'Human Question: ' turn; "
+            "build prompts with workbench.safety.make_prompt(harm_type, user_content, "
+            f"model_content=None). It starts: {prompt[:80]!r}")
+    for harm in HarmType:
+        parts = prompt_parts(harm, "x", None if use_case is UseCase.PROMPT_ONLY else "x")
+        policy_and_question = parts.tail[parts.tail.index("Our safety principle"):]
+        if prompt.endswith(policy_and_question):
+            break
+    else:
+        raise ValueError(
+            "this prompt does not end with one of the four policies, the question and the "
+            "instruction in ShieldGemma's template (was it cut, or edited by hand?); build "
+            "prompts with workbench.safety.make_prompt")
+    body = prompt[len(head):len(prompt) - len(policy_and_question)]
+    if use_case is UseCase.PROMPT_ONLY:
+        closing = f"\n{END_OF_TURN}\n\n"
+        if not body.endswith(closing):
+            raise ValueError("the human question's turn is not closed by <end_of_turn>")
+        return ParsedPrompt(harm, body[:-len(closing)], None)
+    opening = f"\n{END_OF_TURN}\n\n{START_OF_TURN}\nChatbot Response: "
+    closing = f"\n{END_OF_TURN}\n\n"
+    cut = body.rfind(opening)
+    if cut < 0 or not body.endswith(closing):
+        raise ValueError("a prompt-response prompt needs a 'Chatbot Response: ' turn after the "
+                         "human question, each closed by <end_of_turn>")
+    return ParsedPrompt(harm, body[:cut], body[cut + len(opening):-len(closing)])

@@ -1,0 +1,337 @@
+"""P(Yes) from a Gemma's Yes and No logits at each row's own last real token.
+
+ShieldGemma answers a policy prompt with ``Yes`` (the content violates the policy) or ``No``.
+Its score is the softmax over just those two next-token logits::
+
+    P(Yes) = exp(z_yes) / (exp(z_yes) + exp(z_no))
+
+read at the last *real* token of each row. In a padded batch the rows end at different
+positions; reading every row at row 0's last position (as the GDG DevFest 2024 codelab did)
+gives wrong scores to every row of another length. :func:`yes_probability` is the reference
+for the notebook's exercise; :class:`SafetyScorer` does the same without materialising the
+logits of the whole vocabulary at every position.
+
+Nothing here imports keras: :func:`load_scorer` does, on the torch backend, when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from workbench.config import cuda_available, get_mode
+from workbench.safety.policies import HarmType
+from workbench.safety.prompts import make_prompt, parse_prompt
+
+SHIELDGEMMA_PRESETS = ("shieldgemma_2b_en", "shieldgemma_9b_en", "shieldgemma_27b_en")
+FULL_SEQUENCE_LENGTH = 1024
+
+
+def import_keras_hub():
+    """``(keras, keras_hub)`` on the torch backend, imported on first use (about 8 s: it loads
+    TensorFlow for its tokenizers). Raises RuntimeError if keras was already imported with
+    another backend, which cannot be changed in a running process."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(
+            f"keras was imported with the {keras.backend.backend()!r} backend; the workbench "
+            "runs keras on torch. Restart the kernel and set os.environ['KERAS_BACKEND'] = "
+            "'torch' before anything imports keras.")
+    import keras_hub
+
+    return keras, keras_hub
+
+
+def last_real_index(padding_mask) -> "torch.Tensor":
+    """Position of each row's last real token: ``padding_mask`` [B, T] (1 or True = real
+    token, 0 = padding, on either side) -> int64 [B]. ValueError for a row with no token."""
+    import torch
+
+    mask = torch.as_tensor(padding_mask).bool()
+    if mask.ndim != 2:
+        raise ValueError(f"padding_mask must be [batch, time], got shape {tuple(mask.shape)}")
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"rows {empty} of padding_mask have no real token")
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, -1).amax(dim=1)
+
+
+def yes_probability(logits, padding_mask, yes_id: int, no_id: int) -> "torch.Tensor":
+    """P(Yes) per row from a causal LM's logits: softmax over the Yes and No logits at each
+    row's own last real token.
+
+    Args:
+        logits: [B, T, V] next-token logits (any float dtype; computed in float32).
+        padding_mask: [B, T], 1 for real tokens, 0 for padding.
+        yes_id, no_id: vocabulary ids of the tokens ``Yes`` and ``No``.
+
+    Returns:
+        float32 [B] in [0, 1].
+    """
+    import torch
+
+    logits = torch.as_tensor(logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [batch, time, vocabulary], got {tuple(logits.shape)}")
+    last = last_real_index(padding_mask).to(logits.device)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    yes_no = logits[rows, last][:, [yes_id, no_id]].float()
+    return torch.softmax(yes_no, dim=-1)[:, 0]
+
+
+def pad_right(token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(token_ids, padding_mask)``, both int32 [B, longest], padded on the right.
+
+    Right padding keeps every row's positions (and so its rotary embeddings) the same as when
+    it is scored alone, so batched scores equal one-at-a-time scores.
+    """
+    longest = max(len(row) for row in token_ids)
+    ids = np.full((len(token_ids), longest), pad_id, dtype="int32")
+    mask = np.zeros((len(token_ids), longest), dtype="int32")
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt as the model reads it: ``text`` (after any cut), its ``token_ids`` and
+    whatever else a scorer needs (``extra``)."""
+
+    text: str
+    token_ids: list[int]
+    extra: Any = None
+
+
+def _cut(text: str, n_chars: int) -> str:
+    """``text`` cut to at most ``n_chars`` characters, at a space when there is one."""
+    if n_chars >= len(text):
+        return text
+    kept = text[:n_chars]
+    space = kept.rstrip().rfind(" ")
+    return (kept[:space] if space > 0 else kept).rstrip()
+
+
+class SafetyScorer:
+    """Scores ShieldGemma prompts; subclasses say how a prompt becomes tokens and how a batch
+    becomes Yes/No logits.
+
+    Attributes:
+        name: what the model is, in one line (shown by the notebook).
+        mode: "lite" or "full".
+        sequence_length: the longest prompt in tokens; longer ones get their user content cut.
+    """
+
+    name: str
+    mode: str
+    sequence_length: int
+
+    # --- for subclasses
+    def encode(self, prompt: str) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def yes_no_logits_batch(self, encoded: list[EncodedPrompt]) -> "torch.Tensor":
+        """float32 [B, 2]: the (Yes, No) logits at each prompt's last token."""
+        raise NotImplementedError
+
+    # --- the public interface
+    def fit(self, prompt: str, index: int = 0) -> EncodedPrompt:
+        """``prompt`` encoded; if longer than ``sequence_length``, its user content is cut
+        (with a warning) so that the policy, the question and the instruction stay whole.
+
+        ValueError if the prompt is empty, or too long and cannot be cut enough.
+        """
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {index} is a {type(prompt).__name__}, not a str; build "
+                             "prompts with make_prompt(harm_type, user_content, "
+                             "model_content=None)")
+        if not prompt.strip():
+            raise ValueError(f"prompt {index} is empty or whitespace only; build prompts with "
+                             "make_prompt(harm_type, user_content, model_content=None)")
+        encoded = self.encode(prompt)
+        excess = len(encoded.token_ids) - self.sequence_length
+        if excess <= 0:
+            return encoded
+        try:
+            harm, user, model = parse_prompt(prompt)
+        except ValueError:
+            raise ValueError(
+                f"prompt {index} is {len(encoded.token_ids)} tokens, {excess} more than this "
+                f"scorer's sequence_length of {self.sequence_length}, and it is not in "
+                "ShieldGemma's template, so its user content cannot be cut alone. Shorten it, "
+                "or build it with make_prompt.") from None
+
+        def encoded_with(n_chars: int) -> EncodedPrompt:
+            return self.encode(make_prompt(harm, _cut(user, n_chars), model))
+
+        shortest = encoded_with(1)
+        if len(shortest.token_ids) > self.sequence_length:
+            culprit = ("the chatbot response is too long. Shorten the response or use" if model
+                       is not None else "the template (preamble, policy, question and "
+                       "instruction) alone does not fit. Use")
+            raise ValueError(
+                f"prompt {index} is {len(encoded.token_ids)} tokens; even with its user content "
+                f"cut to one word it is {len(shortest.token_ids) - self.sequence_length} tokens "
+                f"over the sequence_length of {self.sequence_length}: {culprit} a scorer with a "
+                "larger sequence_length.")
+        low, high = 1, len(user)  # encoded_with(low) fits, encoded_with(high) does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if len(encoded_with(middle).token_ids) <= self.sequence_length:
+                low = middle
+            else:
+                high = middle
+        fitted = encoded_with(low)
+        kept = parse_prompt(fitted.text).user_content
+        warnings.warn(
+            f"prompt {index} is {len(encoded.token_ids)} tokens, {excess} over the "
+            f"sequence_length of {self.sequence_length}: its user content was cut from "
+            f"{len(user)} to {len(kept)} characters; the policy, the question and the "
+            "instruction were kept whole", UserWarning, stacklevel=3)
+        return fitted
+
+    def yes_no_logits(self, prompts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        """float32 [N, 2]: the (Yes, No) logits of each prompt at its last real token."""
+        import torch
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        elif isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__iter__"):
+            raise ValueError(f"prompts must be a str or a list of str, got "
+                             f"{type(prompts).__name__}")
+        prompts = list(prompts)
+        if len(prompts) == 0:
+            raise ValueError("no prompts to score: the list is empty")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
+        encoded = [self.fit(prompt, i) for i, prompt in enumerate(prompts)]
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                out.append(self.yes_no_logits_batch(encoded[start:start + batch_size]))
+        return torch.cat(out).float().cpu().numpy()
+
+    def score(self, prompts: Sequence[str] | str, batch_size: int = 8) -> np.ndarray:
+        """P(Yes) for each prompt, float32 [N] in [0, 1]; one str gives a [1] array.
+
+        Batches of different lengths give the same scores as one prompt at a time.
+        """
+        logits = self.yes_no_logits(prompts, batch_size)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(shifted)
+        return (probabilities[:, 0] / probabilities.sum(axis=1)).astype("float32")
+
+    def score_policies(self, user_content: str, model_content: str | None = None,
+                       ) -> dict[HarmType, float]:
+        """P(Yes) under each of the four policies for one user prompt (and response)."""
+        harms = list(HarmType)
+        prompts = [make_prompt(harm, user_content, model_content) for harm in harms]
+        return dict(zip(harms, self.score(prompts).tolist()))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.mode}: {self.name}>"
+
+
+class GemmaScorer(SafetyScorer):
+    """A keras-hub ``GemmaCausalLM`` reading prompts through its own tokenizer: full mode's
+    ShieldGemma (and any Gemma whose tokenizer has ``Yes`` and ``No`` tokens).
+
+    Only the last real position of each row goes through the output layer (with Gemma 2's
+    final logit soft-cap, which ``token_embedding(..., reverse=True)`` applies), so a batch
+    never holds [B, T, 256000] logits.
+    """
+
+    def __init__(self, causal_lm, *, name: str, mode: str = "full",
+                 sequence_length: int = FULL_SEQUENCE_LENGTH):
+        tokenizer = causal_lm.preprocessor.tokenizer
+        self.causal_lm = causal_lm
+        self.tokenizer = tokenizer
+        self.name, self.mode, self.sequence_length = name, mode, sequence_length
+        self.yes_id = int(tokenizer.token_to_id("Yes"))
+        self.no_id = int(tokenizer.token_to_id("No"))
+        self.bos_id = int(tokenizer.start_token_id)
+        self.pad_id = int(tokenizer.pad_token_id)
+
+    def encode(self, prompt: str) -> EncodedPrompt:
+        ids = self.tokenizer.tokenize(prompt)
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return EncodedPrompt(prompt, [self.bos_id] + [int(i) for i in ids])
+
+    def yes_no_logits_batch(self, encoded):
+        import torch
+
+        ids, mask = pad_right([e.token_ids for e in encoded], self.pad_id)
+        backbone = self.causal_lm.backbone
+        hidden = backbone({"token_ids": ids, "padding_mask": mask})
+        last = last_real_index(mask).to(hidden.device)
+        h_last = hidden[torch.arange(len(encoded), device=hidden.device), last]
+        logits = backbone.token_embedding(h_last, reverse=True)
+        return logits[:, [self.yes_id, self.no_id]].float()
+
+
+def _check_preset(preset: str) -> None:
+    """ValueError naming the known presets unless ``preset`` is one of them."""
+    if preset not in SHIELDGEMMA_PRESETS:
+        raise ValueError(f"unknown ShieldGemma preset {preset!r}; choose one of "
+                         f"{SHIELDGEMMA_PRESETS} (larger is slower and more accurate)")
+
+
+class ShieldGemmaUnavailableError(RuntimeError):
+    """Full mode's ShieldGemma preset is not in the Kaggle cache and could not be downloaded."""
+
+
+def load_shieldgemma(preset: str = "shieldgemma_2b_en", *,
+                     sequence_length: int = FULL_SEQUENCE_LENGTH) -> GemmaScorer:
+    """Full mode: the keras-hub preset ``preset`` (bfloat16 on a GPU, float32 on the CPU).
+
+    The weights come from Kaggle (accept the Gemma licence on kaggle.com/models/google/
+    shieldgemma, then set KAGGLE_USERNAME and KAGGLE_KEY); kagglehub keeps them under
+    ``$KAGGLEHUB_CACHE`` (default ``~/.cache/kagglehub``).
+    """
+    _check_preset(preset)
+    _, keras_hub = import_keras_hub()
+    dtype = "bfloat16" if cuda_available() else "float32"
+    try:
+        causal_lm = keras_hub.models.GemmaCausalLM.from_preset(preset, dtype=dtype)
+    except Exception as err:
+        cache = os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub")
+        raise ShieldGemmaUnavailableError(
+            f"could not load the keras-hub preset {preset!r} ({type(err).__name__}: "
+            f"{str(err)[:200]}). It downloads from Kaggle: accept the Gemma licence at "
+            "https://www.kaggle.com/models/google/shieldgemma, set KAGGLE_USERNAME and "
+            f"KAGGLE_KEY (in Colab: the Secrets panel), and the files are kept in {cache}. "
+            "Or use lite mode, which runs offline: set WORKBENCH_MODE=lite, or call "
+            "load_scorer(mode='lite').") from err
+    return GemmaScorer(causal_lm, name=f"ShieldGemma ({preset}, keras-hub, {dtype})",
+                       sequence_length=sequence_length)
+
+
+def load_scorer(mode: str | None = None, *, preset: str = "shieldgemma_2b_en",
+                seed: int = 0, progress: bool = True) -> SafetyScorer:
+    """The safety scorer of ``mode`` ("lite" or "full"; default from WORKBENCH_MODE / GPU).
+
+    Full: ShieldGemma from the keras-hub ``preset``. Lite: a tiny keras-hub GemmaCausalLM
+    trained here on the shipped policy set (about a minute on 2 cores the first time with
+    ``seed``, then loaded from the cache); see :mod:`workbench.safety.lite`.
+    """
+    _check_preset(preset)  # in lite mode too: a typo fails now, not on the first GPU run
+    if get_mode(mode) == "full":
+        return load_shieldgemma(preset)
+    from workbench.safety.lite import load_lite_scorer
+
+    return load_lite_scorer(seed=seed, progress=progress)
+
+
+__all__ = ["FULL_SEQUENCE_LENGTH", "SHIELDGEMMA_PRESETS", "EncodedPrompt", "GemmaScorer",
+           "SafetyScorer", "ShieldGemmaUnavailableError", "import_keras_hub", "last_real_index",
+           "load_scorer", "load_shieldgemma", "pad_right", "yes_probability"]
