@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,3 +118,82 @@ def test_lab_command_serves_the_notebooks_folder(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------ workbench experiment shieldgemma
+
+SHIELDGEMMA_ROW_KEYS = {"harm_type", "auroc", "auroc_std", "auroc_min", "auroc_by_seed",
+                        "auroc_unseen", "auroc_unseen_std", "auroc_unseen_min",
+                        "auroc_unseen_by_seed"}
+
+
+def test_experiment_shieldgemma_passes_its_options(monkeypatch, capsys):
+    """Parsing only: the experiment is replaced by a recorder returning a canned result."""
+    import workbench.safety.evaluation as evaluation
+    from workbench.cli import main
+
+    calls = []
+    canned = {"rows": [{"harm_type": "harassment", "auroc": 0.9, "auroc_std": 0.01,
+                        "auroc_min": 0.89, "auroc_unseen": 0.85, "auroc_unseen_std": 0.02,
+                        "auroc_unseen_min": 0.83}], "seeds": [4, 7]}
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        return canned
+
+    monkeypatch.setattr(evaluation, "run_shieldgemma_experiment", record)
+    assert main(["experiment", "shieldgemma", "--json", "--no-cache", "--seeds", "4", "7"]) == 0
+    assert calls[-1] == {"cache": False, "progress": False, "seeds": (4, 7)}
+    assert json.loads(capsys.readouterr().out) == canned
+    assert main(["experiment", "shieldgemma"]) == 0
+    assert calls[-1] == {"cache": True, "progress": False}  # the experiment's default seeds
+    table = capsys.readouterr().out
+    assert "harassment" in table and "0.900 +- 0.010 (0.890)" in table
+    assert "0.850 +- 0.020 (0.830)" in table
+
+
+def test_experiment_shieldgemma_rejects_bad_seeds(capsys):
+    from workbench.cli import main
+
+    for argv, message in ((["--seeds", "-1"], "non-negative"), (["--seeds", "x"], "got x"),
+                          (["--seeds", "0", "0"], "repeats a seed"), (["--seeds"], "expected")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["experiment", "shieldgemma", *argv])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_parsing_experiment_options_imports_no_framework():
+    code = ("import sys\nfrom workbench.cli import main\n"
+            "try:\n    main(['experiment', 'shieldgemma', '--seeds', '1', '1'])\n"
+            "except SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'keras', 'keras_hub', 'tensorflow') "
+            "if m in sys.modules])")
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_experiment_shieldgemma_json_from_the_cached_models(shieldgemma_experiment, capsys):
+    """The real command, in-process, on seed 0's cached lite model: the numbers the session's
+    three-seed experiment measured for seed 0."""
+    from workbench.cli import main
+    from workbench.safety import HarmType
+
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(["experiment", "shieldgemma", "--json", "--seeds", "0"]) == 0
+    seconds = time.monotonic() - started
+    result = json.loads(capsys.readouterr().out)
+    with capsys.disabled():
+        print(f"\nworkbench experiment shieldgemma --json --seeds 0: {seconds:.1f} s from the "
+              "cache")
+    assert result["seeds"] == [0]
+    assert [row["harm_type"] for row in result["rows"]] == [h.value for h in HarmType]
+    for row, three_seeds in zip(result["rows"], shieldgemma_experiment["rows"]):
+        assert set(row) == SHIELDGEMMA_ROW_KEYS
+        for key in ("auroc", "auroc_unseen"):
+            assert row[f"{key}_by_seed"] == three_seeds[f"{key}_by_seed"][:1]
+            assert row[key] == row[f"{key}_min"] == pytest.approx(row[f"{key}_by_seed"][0],
+                                                                  abs=5e-5)
+            assert row[f"{key}_std"] == 0.0

@@ -118,11 +118,32 @@ def grade(args) -> int:
 
 def experiment(args) -> int:
     """Train (or load from the cache) and evaluate an experiment's models; print the results."""
-    from workbench.experiments import EXPERIMENTS, format_table
+    kwargs = {"cache": not args.no_cache, "progress": sys.stderr.isatty()}
+    if args.seeds is not None:
+        kwargs["seeds"] = tuple(args.seeds)
+    if args.name == "shieldgemma":  # keras-hub is imported here, not when the CLI starts
+        from workbench.safety.evaluation import format_experiment, run_shieldgemma_experiment
 
-    result = EXPERIMENTS[args.name](cache=not args.no_cache, progress=sys.stderr.isatty())
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+        result = run_shieldgemma_experiment(**kwargs)
+        text = format_experiment
+    else:
+        from workbench.experiments import EXPERIMENTS, format_table
+
+        result = EXPERIMENTS[args.name](**kwargs)
+        text = format_table
+    print(json.dumps(result, indent=2) if args.json else text(result))
     return 0
+
+
+def _seed(value: str) -> int:
+    """A seed for ``--seeds``: a non-negative int."""
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seeds are non-negative integers, got {value}")
+    return seed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")
     p.add_argument("--dir", help="notebooks folder (default: the repository's)")
     p.set_defaults(fn=build)
-    p = sub.add_parser("experiment", help="train and compare models (notebook 03, part B)")
-    p.add_argument("name", choices=["advprop"], help="advprop: standard vs AdvProp vs PGD-AT")
+    p = sub.add_parser("experiment", help="train (or load) models and measure them: advprop "
+                                          "(notebook 03, part B), shieldgemma (notebook 01)")
+    # The names are written out here, not read from the modules that run them, so that
+    # parsing the command line imports neither torch nor keras (`workbench doctor` stays fast).
+    p.add_argument("name", choices=["advprop", "shieldgemma"],
+                   help="advprop: standard vs AdvProp vs PGD-AT (notebook 03); shieldgemma: "
+                        "lite ShieldGemma's AUROC per harm type on both held-out sets "
+                        "(notebook 01)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-cache", action="store_true", help="train again, ignore cached weights")
+    p.add_argument("--seeds", type=_seed, nargs="+", metavar="SEED",
+                   help="train one model per seed (default: 0 1 2)")
     p.set_defaults(fn=experiment)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "lab":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "seeds", None) and len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
     args.extra = extra  # lab passes them on to jupyter lab
     return args.fn(args)
 

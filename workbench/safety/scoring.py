@@ -139,9 +139,36 @@ class SafetyScorer:
     def encode(self, prompt: str) -> EncodedPrompt:
         raise NotImplementedError
 
-    def yes_no_logits_batch(self, encoded: list[EncodedPrompt]) -> "torch.Tensor":
-        """float32 [B, 2]: the (Yes, No) logits at each prompt's last token."""
+    def hidden_states_batch(self, encoded: list[EncodedPrompt]):
+        """``(hidden [B, T, D], padding_mask [B, T])``: the backbone's output (after its final
+        norm) for a right-padded batch."""
         raise NotImplementedError
+
+    def yes_no_logits_batch(self, encoded: list[EncodedPrompt]) -> "torch.Tensor":
+        """float32 [B, 2]: the (Yes, No) logits at each prompt's last real token. Only that
+        position goes through the output layer (with Gemma 2's final logit soft-cap, which
+        ``token_embedding(..., reverse=True)`` applies), so a batch never holds [B, T, V]."""
+        import torch
+
+        hidden, mask = self.hidden_states_batch(encoded)
+        last = last_real_index(mask).to(hidden.device)
+        h_last = hidden[torch.arange(len(encoded), device=hidden.device), last]
+        logits = self.backbone.token_embedding(h_last, reverse=True)
+        return logits[:, [self.yes_id, self.no_id]].float()
+
+    def logits_at_every_position(self, prompts: Sequence[str]):
+        """``(logits [B, T, V] float32, padding_mask [B, T], yes_id, no_id)`` on the CPU: the
+        next-token logits at every position of a right-padded batch, as
+        :func:`yes_probability` takes them. Slow and large (V is 256000 in full mode): for
+        looking inside a small batch, not for scoring."""
+        import torch
+
+        encoded = [self.fit(prompt, i) for i, prompt in enumerate(prompts)]
+        with torch.no_grad():
+            hidden, mask = self.hidden_states_batch(encoded)
+            logits = self.backbone.token_embedding(hidden, reverse=True)
+        return (torch.as_tensor(logits).float().cpu(), torch.as_tensor(mask).cpu(),
+                self.yes_id, self.no_id)
 
     # --- the public interface
     def fit(self, prompt: str, index: int = 0) -> EncodedPrompt:
@@ -244,17 +271,13 @@ class SafetyScorer:
 
 class GemmaScorer(SafetyScorer):
     """A keras-hub ``GemmaCausalLM`` reading prompts through its own tokenizer: full mode's
-    ShieldGemma (and any Gemma whose tokenizer has ``Yes`` and ``No`` tokens).
-
-    Only the last real position of each row goes through the output layer (with Gemma 2's
-    final logit soft-cap, which ``token_embedding(..., reverse=True)`` applies), so a batch
-    never holds [B, T, 256000] logits.
-    """
+    ShieldGemma (and any Gemma whose tokenizer has ``Yes`` and ``No`` tokens)."""
 
     def __init__(self, causal_lm, *, name: str, mode: str = "full",
                  sequence_length: int = FULL_SEQUENCE_LENGTH):
         tokenizer = causal_lm.preprocessor.tokenizer
         self.causal_lm = causal_lm
+        self.backbone = causal_lm.backbone
         self.tokenizer = tokenizer
         self.name, self.mode, self.sequence_length = name, mode, sequence_length
         self.yes_id = int(tokenizer.token_to_id("Yes"))
@@ -267,16 +290,9 @@ class GemmaScorer(SafetyScorer):
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         return EncodedPrompt(prompt, [self.bos_id] + [int(i) for i in ids])
 
-    def yes_no_logits_batch(self, encoded):
-        import torch
-
+    def hidden_states_batch(self, encoded):
         ids, mask = pad_right([e.token_ids for e in encoded], self.pad_id)
-        backbone = self.causal_lm.backbone
-        hidden = backbone({"token_ids": ids, "padding_mask": mask})
-        last = last_real_index(mask).to(hidden.device)
-        h_last = hidden[torch.arange(len(encoded), device=hidden.device), last]
-        logits = backbone.token_embedding(h_last, reverse=True)
-        return logits[:, [self.yes_id, self.no_id]].float()
+        return self.backbone({"token_ids": ids, "padding_mask": mask}), mask
 
 
 def _check_preset(preset: str) -> None:
