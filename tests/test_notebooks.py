@@ -18,7 +18,7 @@ from workbench.notebooks import BEGIN, END, build, masters, output_path, render
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 # Seconds each notebook may take to run top to bottom in lite mode on 2 CPU cores.
-BUDGET_S = {"00_setup": 90, "02_fgsm": 240, "03_pgd": 420}
+BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420}
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -85,7 +85,8 @@ def test_setup_notebook_runs_in_lite_mode_within_budget():
     assert elapsed < BUDGET_S["00_setup"], f"took {elapsed:.0f} s"
 
 
-EXERCISES = {"02_fgsm": ["fgsm", "sweep_eps"],
+EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
+             "02_fgsm": ["fgsm", "sweep_eps"],
              "03_pgd": ["pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"]}
 
 
@@ -105,9 +106,10 @@ def test_solution_runs_within_budget_and_grades_as_passing(stem):
 
 
 @pytest.mark.notebook
-def test_pgd_student_notebook_grades_as_failing():
-    done = _run("grade", "notebooks/student/03_pgd.ipynb", "--json",
-                timeout=BUDGET_S["03_pgd"] + 120)
+@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd"])
+def test_student_notebook_grades_as_failing(stem):
+    done = _run("grade", f"notebooks/student/{stem}.ipynb", "--json",
+                timeout=BUDGET_S[stem] + 120)
     report = json.loads(done.stdout)
     assert done.returncode == 1 and not report["passed"]
     checks = [c for e in report["exercises"] for c in e["checks"]]

@@ -92,7 +92,7 @@ def get_exercise(name: str) -> Exercise:
 
 def _load_all() -> None:
     # Importing the per-notebook modules registers their exercises.
-    from workbench.exercises import nb02_fgsm, nb03_pgd  # noqa: F401
+    from workbench.exercises import nb01_shieldgemma, nb02_fgsm, nb03_pgd  # noqa: F401
 
 
 @contextmanager
