@@ -219,9 +219,6 @@ class LiteScorer(SafetyScorer):
         return {"token_ids": ids, "padding_mask": mask, "user_embedding": users,
                 "response_embedding": response_vectors}
 
-    def yes_no_logits_batch(self, encoded):
-        return self.model(self.batch_inputs(encoded))
-
     def hidden_states_batch(self, encoded):
         inputs = self.batch_inputs(encoded)
         return self.model.hidden_states(inputs), inputs["padding_mask"]
