@@ -11,6 +11,7 @@ Two modes share one code path (DESIGN.md section 2):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -72,6 +73,24 @@ def seed_everything(seed: int):
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block on ``count`` intra-op torch threads, then restore the caller's count.
+
+    Training under a fixed count gives the same weights whatever the notebook kernel, the
+    command line or the tests use: a sum split over another number of threads rounds
+    differently, and a trained model amplifies that.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cache_dir() -> Path:

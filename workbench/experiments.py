@@ -11,7 +11,6 @@ three print the same numbers; for these tiny batches one thread is also the fast
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import cache_dir
+from workbench.config import cache_dir, torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
 from workbench.defenses.models import digits_cnn
@@ -36,17 +35,6 @@ HYPERPARAMS = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "eps": EPS,
                "steps": STEPS}
 ATTACK_KEYS = ("eps", "alpha", "steps")  # the training attack's settings, unused by "standard"
 CURVE_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # pixel units, images in [0, 1]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the block on one intra-op torch thread; restore the previous count afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _hyperparams(method: str, hp: dict) -> dict:
@@ -120,7 +108,7 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
     path = cache_path(method, seed, **hp)
     if not (cache and _load_weights(model, path)):
         x_train, y_train, _, _ = load_digits_split()
-        with one_thread():
+        with torch_threads(1):
             train(model, x_train, y_train, method=method, seed=seed, progress=progress, **hp)
         if cache:
             _save_weights(model, path)
@@ -183,7 +171,7 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
     _, _, x_test, y_test = load_digits_split()
     runs = {method: [] for method in METHODS}
     jobs = [(method, seed) for method in METHODS for seed in seeds]
-    with one_thread():
+    with torch_threads(1):
         for method, seed in tqdm(jobs, desc="models", disable=not progress):
             model = train_or_load(method, seed, cache=cache, progress=progress, epochs=epochs,
                                   eps=eps)

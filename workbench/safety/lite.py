@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from workbench.config import cache_dir
+from workbench.config import cache_dir, torch_threads
 from workbench.safety.examples import FILES, SafetyExample, template_split
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import END_OF_TURN, START_OF_TURN, make_prompt, parse_prompt
@@ -60,6 +60,7 @@ LITE_CONFIG = {
     "content_noise": 0.03,  # std of Gaussian noise on the unit content embeddings, in training
 }
 MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+TRAINING_THREADS = 2  # fixed, so the notebook, the CLI and the tests train the same weights
 
 
 def _minilm_dir() -> Path:
@@ -344,7 +345,8 @@ def load_lite_scorer(seed: int = 0, *, cache: bool = True, progress: bool = True
                           stacklevel=2)
             scorer = build_lite_scorer(seed, scorer.encoder)
     train, _ = template_split(seed)
-    train_lite(scorer, train, seed=seed, progress=progress)
+    with torch_threads(TRAINING_THREADS):
+        train_lite(scorer, train, seed=seed, progress=progress)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.weights.h5")
