@@ -261,7 +261,8 @@ def build_lite_scorer(seed: int, encoder: MiniLMEncoder | None = None) -> LiteSc
     scorer = LiteScorer(model, tokenizer, encoder, name=(
         f"lite ShieldGemma: 2-layer, 128-wide keras-hub GemmaCausalLM on MiniLM WordPiece, "
         f"trained here on the shipped policy set (seed {seed})"))
-    scorer.score(make_prompt(HarmType.HARASSMENT, "hello"))  # builds the weights
+    # Calling the keras model once builds its weights (load_weights needs a built model).
+    model(scorer.batch_inputs([scorer.encode(make_prompt(HarmType.HARASSMENT, "hello"))]))
     embedding = model.causal_lm.backbone.token_embedding
     embedding.embeddings.assign(pca_embeddings(encoder.word_embeddings, cfg["hidden_dim"]))
     embedding.trainable = False
