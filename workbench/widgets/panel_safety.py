@@ -150,8 +150,9 @@ class LiveScoresPanel:
     """Type a prompt (and optionally a chatbot response), get its four policy scores.
 
     ``.controls``: "prompt" and "response" (Text, scored on Enter or when the box loses
-    focus; with ipywidgets 8 setting ``.value`` scores too) and "score" (a Button). ``.result`` is the latest ``{HarmType: P(Yes)}``, or None
-    while the prompt box is empty; ``.output`` is the HTML widget showing it.
+    focus; with ipywidgets 8 setting ``.value`` scores too) and "score" (a Button).
+    ``.result`` is the latest ``{HarmType: P(Yes)}``, or None while the prompt box is empty;
+    ``.output`` is the HTML widget showing it.
     """
 
     def __init__(self, scorer, *, prompt: str = "", threshold: float = 0.5):
