@@ -1,9 +1,14 @@
-"""The FGSM panel, driven the way a learner drives it: by setting its controls' values."""
+"""The FGSM panel, driven the way a learner drives it: by setting its controls' values; and the
+attack view's precomputed frames that make a slider move a lookup."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from workbench.attacks import fgsm
 from workbench.data import sample_image
@@ -94,6 +99,59 @@ def test_bad_inputs(lite_model, coffee):
         fgsm_panel(lite_model, x * 255, label)
     with pytest.raises(ValueError, match="label"):
         fgsm_panel(lite_model, x, 1000)
+
+
+# ----------------------------------------------------------------------------- attack view
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_jpeg_bytes_round_trip(coffee):
+    from workbench.viz import jpeg_bytes, to_uint8
+
+    x, _ = coffee
+    data = jpeg_bytes(x)
+    assert data[:2] == b"\xff\xd8", "a JPEG starts with the SOI marker"
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+    pixels, original = decode(data).astype(int), to_uint8(x).astype(int)
+    assert pixels.shape == (224, 224, 3)
+    assert np.abs(pixels - original).mean() < 2.0, "quality high enough to look the same"
+    assert jpeg_bytes(to_uint8(x)) == data, "a uint8 array encodes like its tensor"
+    # Full-resolution colour: a per-channel checkerboard survives (4:2:0 would grey it out).
+    board = np.zeros((32, 32, 3), np.uint8)
+    board[::2, ::2, 0] = board[1::2, 1::2, 1] = 255
+    assert np.abs(decode(jpeg_bytes(board)).astype(int) - board).mean() < 20
+
+
+def test_frame_then_show_frame_equals_show(lite_model, coffee):
+    from workbench.widgets.views import AttackView, Frame
+
+    x, label = coffee
+    x = x[None]
+    view = AttackView(lite_model, x, label)
+    assert view.image_format == "jpeg"
+    assert view.images["adversarial"].format == view.images["perturbation"].format == "jpeg"
+    x_adv = (x + 4 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
+    with torch.no_grad():
+        probs = lite_model(x_adv).softmax(dim=1)[0]
+    frame = view.frame(x_adv[0], probs, scale=4 / 255, target=None, status="eps = 4/255")
+    assert isinstance(frame, Frame)
+    assert frame.adversarial[:2] == frame.perturbation[:2] == b"\xff\xd8"
+    assert np.abs(decode(frame.adversarial).astype(int)
+                  - np.asarray(x_adv[0].mul(255).round().permute(1, 2, 0).byte())).mean() < 3
+    assert len(frame.top5) == 5 and frame.status.startswith("eps = 4/255")
+    assert "top-5 after" in frame.top5_html
+    view.show_frame(frame)
+    shown = [view.images["adversarial"].value, view.images["perturbation"].value,
+             view.bars_adv.value, view.status.value]
+    assert shown == [frame.adversarial, frame.perturbation, frame.top5_html, frame.status]
+    view.show_frame(Frame(b"", b"", [], False, ""))
+    top5, success = view.show(x_adv, probs, scale=4 / 255, target=None, status="eps = 4/255")
+    assert (top5, success) == (frame.top5, frame.success)
+    assert [view.images["adversarial"].value, view.images["perturbation"].value,
+            view.bars_adv.value, view.status.value] == shown
 
 
 # ----------------------------------------------------------------------------- PGD panel

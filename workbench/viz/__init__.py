@@ -1,12 +1,13 @@
 """Matplotlib figures and fast image encodings for the notebooks and their panels.
 
 matplotlib is imported inside the functions that draw, so the panels, which show images as
-PNG bytes and bars as HTML, never pay for it.
+PNG or JPEG bytes and bars as HTML, never pay for it.
 """
 
 from workbench.viz.images import (
     Prediction,
     amplified_perturbation,
+    jpeg_bytes,
     loss_curve_svg,
     png_bytes,
     to_uint8,
@@ -15,5 +16,5 @@ from workbench.viz.images import (
 )
 from workbench.viz.plots import attack_figure, eps_sweep_figure
 
-__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure", "loss_curve_svg",
-           "png_bytes", "to_uint8", "top_k", "top_k_html"]
+__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure",
+           "jpeg_bytes", "loss_curve_svg", "png_bytes", "to_uint8", "top_k", "top_k_html"]

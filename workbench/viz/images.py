@@ -38,6 +38,21 @@ def png_bytes(image: torch.Tensor | np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg_bytes(image: torch.Tensor | np.ndarray, *, quality: int = 95) -> bytes:
+    """JPEG-encode an image tensor (see :func:`to_uint8`) or (H, W, 3) uint8 array.
+
+    Five to fifteen times cheaper than :func:`png_bytes` on a noisy 224 x 224 image (an
+    adversarial photo or an amplified perturbation, which zlib barely compresses), so it suits
+    images encoded for every slider position. Colour is kept at full resolution (4:4:4, no chroma
+    subsampling): the perturbation's per-channel signs would otherwise blur into grey.
+    ``quality`` is PIL's 1-95 scale. Show the bytes with ``ipywidgets.Image(format="jpeg")``.
+    """
+    array = to_uint8(image) if isinstance(image, torch.Tensor) else image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
 def amplified_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     """The perturbation made visible: ``0.5 + (x_adv - x) / (2 eps)``, so -eps is black, 0 mid
     grey and +eps white. Shapes: (..., 3, H, W) -> same, in [0, 1]."""
