@@ -3,6 +3,7 @@ attack view's precomputed frames that make a slider move a lookup."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -101,6 +102,143 @@ def test_bad_inputs(lite_model, coffee):
         fgsm_panel(lite_model, x, 1000)
 
 
+@contextlib.contextmanager
+def forward_calls(model):
+    """Record (batch size, grad enabled) for every forward call of ``model`` in the block."""
+    calls: list[tuple[int, bool]] = []
+    handle = model.register_forward_hook(
+        lambda module, inputs, output: calls.append((inputs[0].shape[0], torch.is_grad_enabled())))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def fresh(model, x, cls, eps, *, targeted=False):
+    """FGSM at eps and the top-5 and verdict of a fresh forward pass, without the panel."""
+    from workbench.viz import top_k
+
+    x_adv = fgsm(model, x[None], torch.tensor([cls]), eps, targeted=targeted)
+    with torch.no_grad():
+        probs = model(x_adv).float().softmax(dim=1)[0]
+    top5 = top_k(probs, model.categories)
+    success = top5[0].index == cls if targeted else top5[0].index != cls
+    return x_adv[0], top5, success
+
+
+def test_every_move_after_the_precompute_is_a_lookup(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    images = []
+    with forward_calls(lite_model) as calls:
+        for sweep in range(2):
+            for level in range(17):
+                panel.controls["eps"].value = level / 255
+                images.append(panel.view.images["adversarial"].value)
+        panel.controls["target"].value = 1  # untargeted: the target does not matter
+        panel.controls["eps"].value = 5 / 255
+    assert calls == [], "a slider move on the eps grid must not call the model"
+    assert len(set(images[:17])) == 17, "each eps shows its own adversarial image"
+    assert images[17:] == images[:17], "a revisited eps shows the same cached frame"
+    assert panel.result.eps == pytest.approx(5 / 255)
+
+
+def test_a_new_target_costs_one_gradient_and_one_batched_forward(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    with forward_calls(lite_model) as calls:
+        panel.controls["targeted"].value = True
+    inference = [batch for batch, grad in calls if not grad]
+    assert inference == [17], "one no-grad forward over the whole eps grid, 0..16/255"
+    assert len(calls) <= 3, calls  # plus the gradient's own pass(es)
+    with forward_calls(lite_model) as calls:
+        for level in (0, 3, 16):
+            panel.controls["eps"].value = level / 255
+        panel.controls["targeted"].value = False  # back to a grid already computed
+    assert calls == []
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_results_equal_a_fresh_computation(lite_model, coffee, targeted):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    cls = label
+    if targeted:
+        cls = panel.view.top5_clean[2].index
+        panel.controls["targeted"].value = True
+        panel.controls["target"].value = cls
+    for level in (0, 1, 3, 7, 16):
+        eps = level / 255
+        panel.controls["eps"].value = eps
+        x_adv, top5, success = fresh(lite_model, x, cls, eps, targeted=targeted)
+        result = panel.result
+        assert torch.equal(result.x_adv, x_adv), f"x_adv differs at eps {level}/255"
+        assert [p.index for p in result.top5_adv] == [p.index for p in top5], level
+        assert [p.prob for p in result.top5_adv] == pytest.approx([p.prob for p in top5],
+                                                                 abs=1e-4), level
+        assert result.success == success, level
+        assert result.target == (cls if targeted else None)
+        assert f"{level}/255" in panel.view.status.value
+        assert top5[0].name in panel.view.status.value
+
+
+def test_targeted_toggle_recomputes_for_the_target(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    panel.controls["eps"].value = 3 / 255
+    untargeted = panel.result
+    bars = panel.view.bars_adv.value
+    panel.controls["targeted"].value = True
+    target = panel.controls["target"].value
+    assert panel.result.target == target
+    assert not torch.equal(panel.result.x_adv, untargeted.x_adv)
+    assert panel.view.bars_adv.value != bars
+    assert torch.equal(panel.result.x_adv, fresh(lite_model, x, target, 3 / 255, targeted=True)[0])
+    other = next(p.index for p in panel.view.top5_clean[2:] if p.index != target)
+    before = panel.result.x_adv
+    panel.controls["target"].value = other
+    assert panel.result.target == other and not torch.equal(panel.result.x_adv, before)
+    x_adv, top5, success = fresh(lite_model, x, other, 3 / 255, targeted=True)
+    assert torch.equal(panel.result.x_adv, x_adv)
+    assert [p.index for p in panel.result.top5_adv] == [p.index for p in top5]
+    assert panel.result.success == success
+
+
+def test_eps_off_the_grid_is_computed_on_demand(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    eps = 2.5 / 255
+    with forward_calls(lite_model) as calls:
+        panel.controls["eps"].value = eps
+    assert [batch for batch, grad in calls if not grad] == [1], "one forward for that eps"
+    assert panel.result.eps == pytest.approx(eps)
+    x_adv, top5, success = fresh(lite_model, x, label, eps)
+    assert torch.equal(panel.result.x_adv, x_adv)
+    assert (panel.result.x_adv - x).abs().max() == pytest.approx(eps, abs=1e-6)
+    assert [p.index for p in panel.result.top5_adv] == [p.index for p in top5]
+    assert [p.prob for p in panel.result.top5_adv] == pytest.approx([p.prob for p in top5],
+                                                                   abs=1e-4)
+    assert panel.result.success == success
+    assert "2.5/255" in panel.view.status.value
+    # The grid's own frames are untouched by the off-grid point.
+    panel.controls["eps"].value = 2 / 255
+    assert "2/255" in panel.view.status.value
+    assert torch.equal(panel.result.x_adv, fresh(lite_model, x, label, 2 / 255)[0])
+
+
+def test_grids_kept_are_bounded(lite_model, coffee, monkeypatch):
+    import workbench.widgets.panel_fgsm as module
+
+    monkeypatch.setattr(module, "GRIDS_KEPT", 2)
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    panel.controls["targeted"].value = True
+    for p in panel.view.top5_clean[1:3]:
+        panel.controls["target"].value = p.index
+    assert len(panel._grids) == 2
+    assert panel.result.target == panel.view.top5_clean[2].index
+
+
 # ----------------------------------------------------------------------------- attack view
 
 
@@ -152,6 +290,29 @@ def test_frame_then_show_frame_equals_show(lite_model, coffee):
     assert (top5, success) == (frame.top5, frame.success)
     assert [view.images["adversarial"].value, view.images["perturbation"].value,
             view.bars_adv.value, view.status.value] == shown
+
+
+def test_show_frame_and_revisited_moves_do_no_encoding(lite_model, coffee, monkeypatch):
+    import workbench.widgets.views as views
+
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    for level in (1, 6):
+        panel.controls["eps"].value = level / 255
+    frame = panel.view.frame(panel.result.x_adv, torch.full((1000,), 1e-3), scale=6 / 255,
+                             target=None, status="by hand")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("encoding or tensor work on a show")
+
+    for name in ("jpeg_bytes", "png_bytes", "amplified_perturbation", "top_k", "top_k_html"):
+        monkeypatch.setattr(views, name, forbidden)
+    panel.view.show_frame(frame)
+    assert panel.view.images["adversarial"].value == frame.adversarial
+    panel.controls["eps"].value = 1 / 255  # visited: a cached frame
+    assert "1/255" in panel.view.status.value
+    with pytest.raises(AssertionError, match="encoding"):
+        panel.controls["eps"].value = 9 / 255  # never shown: its frame is built now
 
 
 # ----------------------------------------------------------------------------- PGD panel

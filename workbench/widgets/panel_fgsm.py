@@ -1,22 +1,29 @@
 """The FGSM panel of notebook 02: move epsilon, watch the image and the prediction change.
 
-FGSM's direction, ``sign(grad)``, does not depend on epsilon, so the panel computes it once
-per (image, target) and each slider move costs one forward pass: ``x + eps * direction``.
-Images are shown as PNG bytes in ``ipywidgets.Image`` and the top-5 lists as HTML, so no
-matplotlib figure is rendered on a move (works in ipywidgets 7 and 8, Colab and JupyterLab).
+FGSM's direction, ``sign(grad)``, does not depend on epsilon. So when the image or the target
+changes, the panel computes it once and then runs ONE batched forward pass over the slider's
+whole grid (``x + eps_i * direction`` for eps_i = 0, 1/255, ..., 16/255) and keeps each grid
+point's probabilities. A slider move is then a lookup: the point's :class:`~workbench.widgets.
+views.Frame` (two JPEG encodings and some HTML) is built the first time it is shown, cached,
+and put on screen by assigning widget values. No model call and no matplotlib on a move (works
+in ipywidgets 7 and 8, Colab and JupyterLab). An eps off the grid, set from code, costs one
+forward pass of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 
 from workbench.attacks import fgsm_direction
+from workbench.attacks.core import attack_mode
 from workbench.viz import Prediction
-from workbench.widgets.views import AttackView, class_options, single_image
+from workbench.widgets.views import AttackView, Frame, class_options, single_image
 
 EPS_MAX_LEVELS = 16  # the slider runs from 0 to 16/255 in steps of 1/255
+GRIDS_KEPT = 8  # (attack, class) grids kept, least recently used dropped: ~1 MB each at 224 px
 
 
 @dataclass
@@ -34,12 +41,24 @@ class FGSMPanelResult:
     success: bool
 
 
+@dataclass
+class _Grid:
+    """One (targeted, class) attack precomputed over the slider's grid.
+
+    ``direction`` (1, 3, H, W) of -1, 0, +1; ``probs`` (levels + 1, num_classes), row i the
+    probabilities at eps = i/255; ``frames`` level -> Frame, filled on first show."""
+
+    direction: torch.Tensor
+    probs: torch.Tensor
+    frames: dict[int, Frame] = field(default_factory=dict)
+
+
 class FGSMPanel:
     """Widgets over :func:`workbench.attacks.fgsm_direction`.
 
     ``.widget`` is the box to display, ``.controls`` maps "eps", "targeted" and "target" to
     their ipywidgets, ``.result`` is the latest :class:`FGSMPanelResult`, recomputed
-    synchronously whenever a control's ``.value`` changes.
+    synchronously whenever a control's ``.value`` changes (or :meth:`update` is called).
     """
 
     def __init__(self, model, image: torch.Tensor, label: int | None = None):
@@ -48,7 +67,8 @@ class FGSMPanel:
         self.model, self.x = model, single_image(model, image)
         self.view = AttackView(model, self.x, label)
         self.label = self.view.label
-        self._directions: dict[tuple[bool, int], torch.Tensor] = {}
+        self.levels = torch.arange(EPS_MAX_LEVELS + 1, dtype=torch.float32) / 255  # eps grid
+        self._grids: OrderedDict[tuple[bool, int], _Grid] = OrderedDict()
         self.controls = {
             "eps": w.FloatSlider(value=2 / 255, min=0.0, max=EPS_MAX_LEVELS / 255,
                                  step=1 / 255, description="eps", readout_format=".4f",
@@ -67,30 +87,60 @@ class FGSMPanel:
         self.result: FGSMPanelResult | None = None
         self.update()
 
-    def _direction(self, targeted: bool, target: int) -> torch.Tensor:
-        key = (targeted, target if targeted else self.label)
-        if key not in self._directions:
-            y = torch.tensor([key[1]], device=self.x.device)
-            self._directions[key] = fgsm_direction(self.model, self.x, y, targeted=targeted)
-        return self._directions[key]
+    def _grid(self, targeted: bool, cls: int) -> _Grid:
+        """The grid for this attack, from the cache or computed now: one gradient, then one
+        batched forward over every eps of the slider."""
+        key = (targeted, cls)
+        if key in self._grids:
+            self._grids.move_to_end(key)
+            return self._grids[key]
+        y = torch.tensor([cls], device=self.x.device)
+        direction = fgsm_direction(self.model, self.x, y, targeted=targeted)
+        eps = self.levels.to(direction.device).view(-1, 1, 1, 1)
+        batch = (self.x + eps * direction).clamp(0, 1)  # (levels + 1, 3, H, W)
+        with attack_mode(self.model), torch.no_grad():
+            probs = self.model(batch).float().softmax(dim=1).cpu()
+        self._grids[key] = grid = _Grid(direction=direction, probs=probs)
+        while len(self._grids) > GRIDS_KEPT:
+            self._grids.popitem(last=False)
+        return grid
+
+    def _level(self, eps: float) -> int | None:
+        """The grid index of eps, or None when eps is off the grid."""
+        level = round(eps * 255)
+        on_grid = 0 <= level <= EPS_MAX_LEVELS and abs(eps * 255 - level) < 1e-6
+        return level if on_grid else None
 
     def _on_change(self, change) -> None:
         self.controls["target"].disabled = not self.controls["targeted"].value
         self.update()
 
     def update(self) -> FGSMPanelResult:
-        """Recompute the adversarial image for the controls' values and refresh every view."""
+        """Show the attack for the controls' values and return (and keep in ``.result``) it.
+
+        On the eps grid this is a lookup; a new image-target pair first costs one gradient
+        and one batched forward; an eps off the grid costs one forward pass."""
         eps = float(self.controls["eps"].value)
         targeted = bool(self.controls["targeted"].value)
         target = int(self.controls["target"].value) if targeted else None
-        x_adv = (self.x + eps * self._direction(targeted, target)).clamp(0, 1)
-        with torch.no_grad():
-            probs = self.model(x_adv).float().softmax(dim=1)[0]
-        top5, success = self.view.show(x_adv, probs, scale=eps, target=target,
-                                       status=f"eps = {eps * 255:.0f}/255 = {eps:.4f}")
+        grid = self._grid(targeted, target if targeted else self.label)
+        x_adv = (self.x + eps * grid.direction).clamp(0, 1)
+        level = self._level(eps)
+        frame = grid.frames.get(level) if level is not None else None
+        if frame is None:
+            if level is not None:
+                probs = grid.probs[level]
+            else:
+                with attack_mode(self.model), torch.no_grad():
+                    probs = self.model(x_adv).float().softmax(dim=1)[0]
+            frame = self.view.frame(x_adv, probs, scale=eps, target=target,
+                                    status=f"eps = {eps * 255:.4g}/255 = {eps:.4f}")
+            if level is not None:
+                grid.frames[level] = frame
+        self.view.show_frame(frame)
         self.result = FGSMPanelResult(x_adv=x_adv[0], eps=eps, top5_clean=self.view.top5_clean,
-                                      top5_adv=top5, label=self.label, target=target,
-                                      success=success)
+                                      top5_adv=frame.top5, label=self.label, target=target,
+                                      success=frame.success)
         return self.result
 
 
@@ -99,5 +149,8 @@ def fgsm_panel(model, image: torch.Tensor, label: int | None = None) -> FGSMPane
 
     ``label`` is the class to attack away from; None uses the model's own prediction.
     Display it with ``display(panel.widget)``; drive it with ``panel.controls["eps"].value``.
+    Building it (and each new target) costs one gradient and one batched forward over the
+    slider's whole eps grid; every slider move after that is a lookup
+    (``benchmarks/bench_fgsm_panel.py`` times both).
     """
     return FGSMPanel(model, image, label)
