@@ -302,6 +302,51 @@ def test_transfer_to_the_source_itself_is_white_box(trained, digits):
     assert 0.0 <= transfer_accuracy(trained, fresh, x, y, eps=0.1, steps=5, seed=1) <= 1.0
 
 
+def test_accuracy_and_confidence_match_a_manual_computation(trained, digits):
+    from workbench.defenses.evaluation import accuracy_and_confidence
+
+    x, y = digits[2][:300], digits[3][:300]
+    trained.train()
+    acc, conf = accuracy_and_confidence(trained, x, y, batch_size=128)
+    assert trained.training  # restored
+    trained.eval()
+    with torch.no_grad():
+        probs = trained(x).softmax(1)
+    assert acc == accuracy(trained, x, y) == (probs.argmax(1) == y).sum().item() / len(y)
+    assert isinstance(conf, float) and 0 <= conf <= 1
+    assert conf == pytest.approx(probs.gather(1, y[:, None]).mean().item(), abs=1e-6)
+
+
+def test_accuracy_and_confidence_curve_calls_the_attack_once_per_eps_in_eval_mode(trained,
+                                                                                   digits):
+    from workbench.attacks import fgsm
+    from workbench.defenses.evaluation import (accuracy_and_confidence,
+                                               accuracy_and_confidence_curve)
+
+    x, y = digits[2][:64], digits[3][:64]
+    calls = []
+
+    def spy(model, x_, y_, eps):
+        calls.append((eps, model.training))
+        return fgsm(model, x_, y_, eps)
+
+    epsilons = [0.0, 0.05, 0.2]
+    trained.train()
+    accuracy_curve, confidence_curve = accuracy_and_confidence_curve(trained, x, y, epsilons, spy)
+    assert trained.training  # restored
+    trained.eval()
+    assert calls == [(eps, False) for eps in epsilons]
+    for curve in (accuracy_curve, confidence_curve):
+        assert curve.shape == (3,) and curve.dtype == torch.float32
+    for i, eps in enumerate(epsilons):
+        acc, conf = accuracy_and_confidence(trained, fgsm(trained, x, y, eps), y)
+        assert accuracy_curve[i].item() == pytest.approx(acc)
+        assert confidence_curve[i].item() == pytest.approx(conf, abs=1e-6)
+    assert accuracy_curve[0] > accuracy_curve[2] and confidence_curve[0] > confidence_curve[2]
+    with pytest.raises(ValueError, match="shaped"):
+        accuracy_and_confidence_curve(trained, x[0], y[:1], epsilons, spy)
+
+
 # ----------------------------------------------------------------------------- experiment
 
 

@@ -7,7 +7,7 @@ drawn from a generator seeded with ``seed``, so the same call gives the same num
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +36,54 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct = sum(int((predict(model, xb) == yb).sum())
                       for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
     return correct / len(y)
+
+
+def accuracy_and_confidence(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            batch_size: int = 256) -> tuple[float, float]:
+    """Top-1 accuracy, and the mean softmax probability of the true class: two floats in
+    [0, 1].
+
+    x: (N, C, H, W) float in [0, 1]; y: (N,) int64 class ids. The model runs in eval mode,
+    without gradients, in batches of ``batch_size``; its mode is restored.
+    """
+    x, y = check_batch(model, x, y)
+    correct, true_class_prob = 0, 0.0
+    with attack_mode(model), torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            probs = model(xb).float().softmax(dim=1)
+            correct += int((probs.argmax(dim=1) == yb).sum())
+            true_class_prob += float(probs.gather(1, yb[:, None]).sum())
+    return correct / len(y), true_class_prob / len(y)
+
+
+def accuracy_and_confidence_curve(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float],
+        attack: Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and confidence under ``attack`` at each budget of ``epsilons``: notebook 02's
+    ``sweep_eps``.
+
+    Args:
+        model: a classifier taking images in [0, 1]; it runs in eval mode (the attack too),
+            and its mode is restored.
+        x: (N, C, H, W) float in [0, 1]. y: (N,) int64 true labels.
+        epsilons: budgets in pixel units, in the order to sweep them.
+        attack: ``attack(model, x, y, eps) -> x_adv`` (N, C, H, W), e.g.
+            :func:`workbench.attacks.fgsm`; called once per eps, in order, on the whole batch.
+
+    Returns:
+        ``(accuracy, confidence)``, two float32 tensors shaped ``(len(epsilons),)``: per eps,
+        the top-1 accuracy on ``x_adv`` and the mean softmax probability of the true class
+        (see :func:`accuracy_and_confidence`), both in [0, 1].
+    """
+    x, y = check_batch(model, x, y)
+    accuracies, confidences = [], []
+    with attack_mode(model):
+        for eps in epsilons:
+            acc, conf = accuracy_and_confidence(model, attack(model, x, y, eps), y)
+            accuracies.append(acc)
+            confidences.append(conf)
+    return torch.tensor(accuracies), torch.tensor(confidences)
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
