@@ -374,8 +374,8 @@ def test_unknown_preset_lists_the_known_ones(preset):
 OFFLINE = """
 import json, time
 start = time.monotonic()
-from workbench.safety.scoring import (ShieldGemmaUnavailableError, import_keras_hub,
-                                      load_scorer, load_shieldgemma)
+from workbench.safety import load_scorer
+from workbench.safety.scoring import ShieldGemmaUnavailableError, import_keras_hub, load_shieldgemma
 import_keras_hub()
 out = {"import_seconds": time.monotonic() - start}
 for name, call in (("load_scorer", lambda: load_scorer(mode="full")),

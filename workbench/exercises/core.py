@@ -3,8 +3,10 @@ grader (``workbench grade``).
 
 A check is a function ``check(fn) -> None`` that calls the learner's function on random
 inputs, closed-form cases or the real lite model and raises :class:`CheckFailed` with a
-message that names the likely mistake. Checks are registered per exercise with
-:func:`exercise`.
+message that names the likely mistake. Each notebook's check module (``nb02_fgsm``...)
+imports this one and registers its exercises with :func:`exercise`; this module imports none
+of them. :mod:`workbench.exercises.registry` imports them all, so that looking an exercise up
+by name (``get_exercise``, ``check``) finds it.
 """
 
 from __future__ import annotations
@@ -77,23 +79,25 @@ def exercise(name: str, *, notebook: str, title: str, function: str | None = Non
     return _Registrar
 
 
-def exercises_for(notebook: str) -> list[Exercise]:
-    """The exercises of a notebook (by stem, e.g. "02_fgsm"), in the order they were added."""
-    _load_all()
-    return [ex for ex in EXERCISES.values() if ex.notebook == notebook]
+# ------------------------------------------------------- helpers shared by the check modules
+
+SMALL_IMAGE_SHAPE = (3, 4, 4)  # (C, H, W) of the small images of closed-form and random checks
 
 
-def get_exercise(name: str) -> Exercise:
-    _load_all()
-    if name not in EXERCISES:
-        raise ValueError(f"no exercise named {name!r}; known: {sorted(EXERCISES)}")
-    return EXERCISES[name]
+def as_tensor(result, what: str):
+    """The learner's ``result`` as a detached tensor, or CheckFailed saying what to return
+    (``what`` names it, e.g. "x_adv")."""
+    import torch  # here, not at the top: the grader imports this module before it needs torch
+
+    if result is None:
+        raise CheckFailed(f"your function returned None: end it with `return {what}`")
+    if not isinstance(result, torch.Tensor):
+        raise CheckFailed(f"your function returned a {type(result).__name__}; return the tensor "
+                          f"{what}")
+    return result.detach()
 
 
-def _load_all() -> None:
-    # Importing the per-notebook modules registers their exercises.
-    from workbench.exercises import nb01_shieldgemma, nb02_fgsm, nb03_pgd  # noqa: F401
-
+# ----------------------------------------------------------------------------- running checks
 
 @contextmanager
 def time_limit(seconds: float):
@@ -119,11 +123,6 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def run_checks(name: str, fn: Callable, *, timeout: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
-    """Run every check of exercise ``name`` on ``fn``; one result per check, in order."""
-    return run_checks_list(name, get_exercise(name).checks, fn, timeout=timeout)
 
 
 def run_checks_list(name: str, checks: list[tuple[str, Callable]], fn: Callable, *,
@@ -164,12 +163,3 @@ def format_results(results: list[CheckResult]) -> str:
     lines.append(f"{passed}/{len(results)} checks passed"
                  + (": well done." if passed == len(results) else "."))
     return "\n".join(lines)
-
-
-def check(name: str, fn: Callable) -> bool:
-    """Check a learner's function in the notebook: prints what passed and, for each failure,
-    the likely mistake. Returns True when every check passes."""
-    results = run_checks(name, fn)
-    print(f"Checking {get_exercise(name).title}:")
-    print(format_results(results))
-    return all(r.passed for r in results)

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.exercises.core import CHECK_TIMEOUT_S, CheckResult, exercises_for
+from workbench.exercises.core import CHECK_TIMEOUT_S, CheckResult
 
 CELL_TIMEOUT_S = 300
 TOTAL_TIMEOUT_S = 1200
@@ -151,7 +151,8 @@ def _execute(path: str, out: str, cell_timeout: str) -> None:
 
 
 def _check(name: str, source_file: str, result_file: str, timeout: str) -> None:
-    from workbench.exercises.core import get_exercise, run_checks_list
+    from workbench.exercises.core import run_checks_list
+    from workbench.exercises.registry import get_exercise
 
     exercise = get_exercise(name)
     checks = list(exercise.checks)  # captured before the learner's code runs
@@ -173,6 +174,7 @@ def grade(notebook: str | Path, *, cell_timeout: int = CELL_TIMEOUT_S,
           total_timeout: int = TOTAL_TIMEOUT_S,
           check_timeout: float = CHECK_TIMEOUT_S) -> GradeReport:
     """Run a notebook in lite mode and check its exercises; see the module docstring."""
+    from workbench.exercises.registry import exercises_for
     from workbench.notebooks import notebook_stem
 
     path = Path(notebook)

@@ -2,21 +2,24 @@
 
 Checks use closed-form cases (for a linear model over pixels the FGSM step is known exactly),
 random small networks compared with the reference, and the real lite ImageNet model, so a
-hard-coded answer cannot pass.
+hard-coded answer cannot pass. The references are the package's own functions, not copies of
+the notebook's solutions: :func:`workbench.attacks.fgsm` and
+:func:`workbench.defenses.evaluation.accuracy_and_confidence_curve` (``sweep_eps``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
 
 from workbench.attacks import fgsm as reference_fgsm
-from workbench.exercises.core import CheckFailed, exercise
+from workbench.defenses.evaluation import accuracy_and_confidence_curve as reference_sweep_eps
+from workbench.exercises.core import SMALL_IMAGE_SHAPE, CheckFailed, as_tensor, exercise
 
-SHAPE = (3, 4, 4)  # small images for the closed-form and random checks
-NUM_PIXELS = 3 * 4 * 4
+NUM_PIXELS = math.prod(SMALL_IMAGE_SHAPE)
 
 
 def linear_model(weights: torch.Tensor) -> nn.Module:
@@ -43,16 +46,7 @@ def small_net(seed: int, num_classes: int = 5, dropout: float = 0.5) -> nn.Modul
 
 
 def _random_images(seed: int, n: int = 4) -> torch.Tensor:
-    return torch.rand((n, *SHAPE), generator=torch.Generator().manual_seed(seed))
-
-
-def _as_tensor(result, what: str) -> torch.Tensor:
-    if result is None:
-        raise CheckFailed(f"your function returned None: end it with `return {what}`")
-    if not isinstance(result, torch.Tensor):
-        raise CheckFailed(f"your function returned a {type(result).__name__}; return the tensor "
-                          f"{what}")
-    return result.detach()
+    return torch.rand((n, *SMALL_IMAGE_SHAPE), generator=torch.Generator().manual_seed(seed))
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,17 +69,17 @@ def _closed_form_case(seed: int):
     """A 2-class linear model, x = 0.5 everywhere (no clamping), and the labels."""
     generator = torch.Generator().manual_seed(seed)
     weights = torch.randn((2, NUM_PIXELS), generator=generator)
-    x = torch.full((2, *SHAPE), 0.5)
+    x = torch.full((2, *SMALL_IMAGE_SHAPE), 0.5)
     y = torch.tensor([0, 1])
     # d CE(y) / dx = p_other * (w_other - w_y), so sign(grad) = sign(w_other - w_y).
     away = torch.stack([(weights[1] - weights[0]).sign(), (weights[0] - weights[1]).sign()])
-    return linear_model(weights), x, y, away.view(2, *SHAPE)
+    return linear_model(weights), x, y, away.view(2, *SMALL_IMAGE_SHAPE)
 
 
 @fgsm_exercise.check("returns a tensor shaped like x")
 def _returns_tensor(fgsm):
     model, x, y, _ = _closed_form_case(0)
-    out = _as_tensor(fgsm(model, x, y, 0.1), "x_adv")
+    out = as_tensor(fgsm(model, x, y, 0.1), "x_adv")
     if out.shape != x.shape:
         raise CheckFailed(f"x_adv has shape {tuple(out.shape)}, x has {tuple(x.shape)}: return "
                           f"one adversarial image per input image")
@@ -95,7 +89,7 @@ def _returns_tensor(fgsm):
 def _untargeted_closed_form(fgsm):
     for seed, eps in ((1, 0.1), (2, 0.03), (3, 0.2)):
         model, x, y, away = _closed_form_case(seed)
-        out = _as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
+        out = as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
         expected = x + eps * away
         if torch.allclose(out, expected, atol=1e-5):
             continue
@@ -117,7 +111,7 @@ def _targeted_closed_form(fgsm):
     for seed, eps in ((4, 0.1), (5, 0.05)):
         model, x, y, away = _closed_form_case(seed)
         # With y the target, the step that lowers CE(target) is -eps * sign(grad) = -eps * away.
-        out = _as_tensor(fgsm(model, x.clone(), y, eps, targeted=True), "x_adv")
+        out = as_tensor(fgsm(model, x.clone(), y, eps, targeted=True), "x_adv")
         if torch.allclose(out, x - eps * away, atol=1e-5):
             continue
         if torch.allclose(out, x + eps * away, atol=1e-5):
@@ -134,7 +128,7 @@ def _clamped(fgsm):
     x = _random_images(6)
     x[:, 0] = 0.0
     x[:, 1] = 1.0
-    out = _as_tensor(fgsm(model, x.clone(), torch.tensor([0, 1, 2, 3]), 0.25), "x_adv")
+    out = as_tensor(fgsm(model, x.clone(), torch.tensor([0, 1, 2, 3]), 0.25), "x_adv")
     if out.min() < 0 or out.max() > 1:
         raise CheckFailed(f"x_adv has values from {out.min():.3f} to {out.max():.3f}: clamp it "
                           f"to the image range with .clamp(0, 1)")
@@ -155,7 +149,7 @@ def _input_untouched(fgsm):
 def _eval_mode(fgsm):
     model = small_net(8, dropout=0.0)  # BatchNorm only: train mode is deterministic too
     x, y = _random_images(8), torch.tensor([0, 1, 2, 3])
-    out = _as_tensor(fgsm(model, x.clone(), y, 0.1), "x_adv")
+    out = as_tensor(fgsm(model, x.clone(), y, 0.1), "x_adv")
     if model.training:
         raise CheckFailed("the model is in train mode after your function: don't call "
                           "model.train() (input gradients need no train mode); BatchNorm and "
@@ -179,7 +173,7 @@ def _random_cases(fgsm):
         x = _random_images(seed, n=6)
         y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(seed))
         eps = 0.02 + 0.05 * (seed - 10)
-        out = _as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
+        out = as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
         agree = torch.isclose(out, reference_fgsm(model, x, y, eps), atol=1e-5).float().mean()
         if agree < 0.999:
             raise CheckFailed(f"only {100 * agree:.1f}% of pixels match FGSM on a random network "
@@ -192,7 +186,7 @@ def _lite_model(fgsm):
     eps = 2 / 255
     model.eval()  # shared across checks: undo whatever a previous learner function did
     try:
-        out = _as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
+        out = as_tensor(fgsm(model, x.clone(), y, eps), "x_adv")
     finally:
         model.eval()
     agree = torch.isclose(out, reference_fgsm(model, x, y, eps), atol=1e-5).float().mean()
@@ -211,19 +205,6 @@ def _lite_model(fgsm):
 
 sweep_exercise = exercise("sweep_eps", notebook="02_fgsm",
                           title="accuracy and confidence vs epsilon, sweep_eps(...)")
-
-
-def reference_sweep_eps(model, x, y, epsilons, attack):
-    """Reference: per eps, attack the batch, then top-1 accuracy and the mean probability of
-    the true class. Returns (accuracy, confidence), each a float tensor (len(epsilons),)."""
-    accuracy, confidence = [], []
-    for eps in epsilons:
-        x_adv = attack(model, x, y, eps)
-        with torch.no_grad():
-            probs = model(x_adv).softmax(dim=1)
-        accuracy.append((probs.argmax(dim=1) == y).float().mean().item())
-        confidence.append(probs.gather(1, y[:, None]).mean().item())
-    return torch.tensor(accuracy), torch.tensor(confidence)
 
 
 def _sweep_outputs(result, n: int):

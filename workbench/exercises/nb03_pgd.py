@@ -9,14 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from workbench.attacks import ascent_step, project
-from workbench.exercises.core import CheckFailed, exercise
-from workbench.exercises.nb02_fgsm import SHAPE, _as_tensor
+from workbench.exercises.core import SMALL_IMAGE_SHAPE, CheckFailed, as_tensor, exercise
 
 
 def _case(seed: int, n: int = 4):
     """Clean images x, a current adversarial point inside the ball, a gradient, from ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand((n, *SHAPE), generator=g)
+    x = torch.rand((n, *SMALL_IMAGE_SHAPE), generator=g)
     eps = 8 / 255
     x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
     grad = torch.randn(x.shape, generator=g)
@@ -37,7 +36,7 @@ step_exercise = exercise("pgd_linf_step", notebook="03_pgd",
 @step_exercise.check("returns a tensor shaped like x")
 def _step_shape(pgd_linf_step):
     x, x_adv, grad, eps = _case(0)
-    out = _as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=2 / 255, eps=eps),
+    out = as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=2 / 255, eps=eps),
                      "x_adv")
     if out.shape != x.shape:
         raise CheckFailed(f"got shape {tuple(out.shape)}, expected {tuple(x.shape)}")
@@ -45,11 +44,11 @@ def _step_shape(pgd_linf_step):
 
 @step_exercise.check("projects by assignment onto the eps-ball around x")
 def _step_assignment(pgd_linf_step):
-    x = torch.full((2, *SHAPE), 0.5)
+    x = torch.full((2, *SMALL_IMAGE_SHAPE), 0.5)
     eps, alpha = 8 / 255, 2 / 255
     x_adv = x + 0.9 * eps  # near the edge of the ball: the step pushes it out
     grad = torch.ones_like(x)
-    out = _as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=alpha, eps=eps), "x_adv")
+    out = as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=alpha, eps=eps), "x_adv")
     stepped = x_adv + alpha
     added = (stepped + (stepped - x).clamp(-eps, eps)).clamp(0, 1)
     if torch.allclose(out, added, atol=1e-6):
@@ -66,9 +65,9 @@ def _step_assignment(pgd_linf_step):
 
 @step_exercise.check("keeps eps and alpha in pixel units (no 255 scale)")
 def _step_units(pgd_linf_step):
-    x = torch.full((2, *SHAPE), 0.5)
+    x = torch.full((2, *SMALL_IMAGE_SHAPE), 0.5)
     grad = torch.ones_like(x)
-    out = _as_tensor(pgd_linf_step(x.clone(), x.clone(), grad, alpha=2 / 255, eps=8 / 255),
+    out = as_tensor(pgd_linf_step(x.clone(), x.clone(), grad, alpha=2 / 255, eps=8 / 255),
                      "x_adv")
     moved = (out - x).abs().max().item()
     if 0 < moved < 0.1 * 2 / 255:
@@ -81,10 +80,10 @@ def _step_units(pgd_linf_step):
 
 @step_exercise.check("steps along sign(gradient), towards higher loss")
 def _step_direction(pgd_linf_step):
-    x = torch.full((2, *SHAPE), 0.5)
+    x = torch.full((2, *SMALL_IMAGE_SHAPE), 0.5)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     alpha = 2 / 255
-    out = _as_tensor(pgd_linf_step(x.clone(), x.clone(), grad, alpha=alpha, eps=8 / 255),
+    out = as_tensor(pgd_linf_step(x.clone(), x.clone(), grad, alpha=alpha, eps=8 / 255),
                      "x_adv")
     if torch.allclose(out, x - alpha * grad.sign(), atol=1e-6):
         raise CheckFailed("you stepped against the gradient: PGD ascends the loss, "
@@ -101,7 +100,7 @@ def _step_random(pgd_linf_step):
         x[:, 0] = 0.0
         x[:, 1] = 1.0
         x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
-        out = _as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=3 / 255, eps=eps),
+        out = as_tensor(pgd_linf_step(x_adv.clone(), x.clone(), grad, alpha=3 / 255, eps=eps),
                          "x_adv")
         if out.min() < 0 or out.max() > 1:
             raise CheckFailed("x_adv leaves [0, 1]: clamp it after the projection")
@@ -122,9 +121,9 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
 
 @l2_exercise.check("leaves a perturbation inside the ball unchanged")
 def _l2_inside(project_l2):
-    delta = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(5))
+    delta = torch.randn((3, *SMALL_IMAGE_SHAPE), generator=torch.Generator().manual_seed(5))
     delta = delta / _norms(delta).view(-1, 1, 1, 1) * 0.5
-    out = _as_tensor(project_l2(delta.clone(), 1.0), "the projected delta")
+    out = as_tensor(project_l2(delta.clone(), 1.0), "the projected delta")
     if not torch.allclose(out, delta, atol=1e-6):
         raise CheckFailed("a perturbation with norm 0.5 < eps = 1 changed: only shrink those "
                           "whose norm exceeds eps (factor min(1, eps / norm))")
@@ -132,9 +131,9 @@ def _l2_inside(project_l2):
 
 @l2_exercise.check("rescales each example outside the ball to norm eps, same direction")
 def _l2_outside(project_l2):
-    delta = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(6))
+    delta = torch.randn((3, *SMALL_IMAGE_SHAPE), generator=torch.Generator().manual_seed(6))
     delta = delta / _norms(delta).view(-1, 1, 1, 1) * torch.tensor([2.0, 0.5, 5.0]).view(-1, 1, 1, 1)
-    out = _as_tensor(project_l2(delta.clone(), 1.0), "the projected delta")
+    out = as_tensor(project_l2(delta.clone(), 1.0), "the projected delta")
     if torch.allclose(_norms(out), torch.full((3,), 1.0), atol=1e-4) and not torch.allclose(
             out[1], delta[1], atol=1e-6):
         raise CheckFailed("every example now has norm eps, also the one that was inside the "
@@ -151,7 +150,7 @@ def _l2_outside(project_l2):
 
 @l2_exercise.check("handles a zero perturbation without NaN")
 def _l2_zero(project_l2):
-    out = _as_tensor(project_l2(torch.zeros((2, *SHAPE)), 1.0), "the projected delta")
+    out = as_tensor(project_l2(torch.zeros((2, *SMALL_IMAGE_SHAPE)), 1.0), "the projected delta")
     if torch.isnan(out).any() or out.abs().max() > 0:
         raise CheckFailed("a zero perturbation gave NaN or non-zero values: guard the division, "
                           "norm.clamp_min(1e-12)")
@@ -166,7 +165,7 @@ targeted_exercise = exercise("targeted_objective", notebook="03_pgd",
 @targeted_exercise.check("returns one value per example")
 def _targeted_shape(targeted_objective):
     logits = torch.randn((5, 10), generator=torch.Generator().manual_seed(7))
-    out = _as_tensor(targeted_objective(logits, torch.arange(5)), "the objective")
+    out = as_tensor(targeted_objective(logits, torch.arange(5)), "the objective")
     if out.shape != (5,):
         raise CheckFailed(f"got shape {tuple(out.shape)}: return one value per example, "
                           f"F.cross_entropy(..., reduction='none')")
@@ -177,7 +176,7 @@ def _targeted_value(targeted_objective):
     g = torch.Generator().manual_seed(8)
     logits = torch.randn((6, 10), generator=g) * 3
     target = torch.randint(0, 10, (6,), generator=g)
-    out = _as_tensor(targeted_objective(logits, target), "the objective").flatten()
+    out = as_tensor(targeted_objective(logits, target), "the objective").flatten()
     expected = -F.cross_entropy(logits, target, reduction="none")
     if out.shape == expected.shape and torch.allclose(out, expected, atol=1e-5):
         return
@@ -199,7 +198,7 @@ def _targeted_monotone(targeted_objective):
     for boost in (0.0, 1.0, 2.0):
         boosted = logits.clone()
         boosted[0, 3] = boost
-        values.append(float(_as_tensor(targeted_objective(boosted, target), "the objective")
+        values.append(float(as_tensor(targeted_objective(boosted, target), "the objective")
                             .flatten()[0]))
     if not values[0] < values[1] < values[2]:
         raise CheckFailed(f"objective {values} should rise as the target's logit rises")
@@ -242,7 +241,7 @@ def _advprop_value(advprop_loss):
     from workbench.defenses import advprop_loss as reference
 
     learner_model, reference_model, x_clean, x_adv, y = _advprop_case(30)
-    out = _as_tensor(advprop_loss(learner_model, x_clean, x_adv, y), "the loss")
+    out = as_tensor(advprop_loss(learner_model, x_clean, x_adv, y), "the loss")
     expected = reference(reference_model, x_clean, x_adv, y).detach()
     if out.numel() != 1:
         raise CheckFailed(f"return one number (a scalar tensor), got shape {tuple(out.shape)}")

@@ -11,7 +11,9 @@ gives wrong scores to every row of another length. :func:`yes_probability` is th
 for the notebook's exercise; :class:`SafetyScorer` does the same without materialising the
 logits of the whole vocabulary at every position.
 
-Nothing here imports keras: :func:`load_scorer` does, on the torch backend, when it is called.
+Nothing here imports keras at import time: :func:`load_shieldgemma` does, on the torch backend,
+when it is called. ``load_scorer``, which picks the lite or the full scorer, is in
+:mod:`workbench.safety.loading`, above this module and :mod:`workbench.safety.lite`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.config import cuda_available, get_mode
+from workbench.config import cuda_available
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import make_prompt, parse_prompt
 
@@ -32,7 +34,7 @@ FULL_SEQUENCE_LENGTH = 1024
 
 
 def import_keras_hub():
-    """``(keras, keras_hub)`` on the torch backend, imported on first use (about 8 s: it loads
+    """``(keras, keras_hub)`` on the torch backend, imported on first use (slow: it loads
     TensorFlow for its tokenizers). Raises RuntimeError if keras was already imported with
     another backend, which cannot be changed in a running process."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -295,7 +297,7 @@ class GemmaScorer(SafetyScorer):
         return self.backbone({"token_ids": ids, "padding_mask": mask}), mask
 
 
-def _check_preset(preset: str) -> None:
+def check_preset(preset: str) -> None:
     """ValueError naming the known presets unless ``preset`` is one of them."""
     if preset not in SHIELDGEMMA_PRESETS:
         raise ValueError(f"unknown ShieldGemma preset {preset!r}; choose one of "
@@ -314,7 +316,7 @@ def load_shieldgemma(preset: str = "shieldgemma_2b_en", *,
     shieldgemma, then set KAGGLE_USERNAME and KAGGLE_KEY); kagglehub keeps them under
     ``$KAGGLEHUB_CACHE`` (default ``~/.cache/kagglehub``).
     """
-    _check_preset(preset)
+    check_preset(preset)
     _, keras_hub = import_keras_hub()
     dtype = "bfloat16" if cuda_available() else "float32"
     try:
@@ -332,22 +334,6 @@ def load_shieldgemma(preset: str = "shieldgemma_2b_en", *,
                        sequence_length=sequence_length)
 
 
-def load_scorer(mode: str | None = None, *, preset: str = "shieldgemma_2b_en",
-                seed: int = 0, progress: bool = True) -> SafetyScorer:
-    """The safety scorer of ``mode`` ("lite" or "full"; default from WORKBENCH_MODE / GPU).
-
-    Full: ShieldGemma from the keras-hub ``preset``. Lite: a tiny keras-hub GemmaCausalLM
-    trained here on the shipped policy set (about a minute on 2 cores the first time with
-    ``seed``, then loaded from the cache); see :mod:`workbench.safety.lite`.
-    """
-    _check_preset(preset)  # in lite mode too: a typo fails now, not on the first GPU run
-    if get_mode(mode) == "full":
-        return load_shieldgemma(preset)
-    from workbench.safety.lite import load_lite_scorer
-
-    return load_lite_scorer(seed=seed, progress=progress)
-
-
 __all__ = ["FULL_SEQUENCE_LENGTH", "SHIELDGEMMA_PRESETS", "EncodedPrompt", "GemmaScorer",
-           "SafetyScorer", "ShieldGemmaUnavailableError", "import_keras_hub", "last_real_index",
-           "load_scorer", "load_shieldgemma", "pad_right", "yes_probability"]
+           "SafetyScorer", "ShieldGemmaUnavailableError", "check_preset", "import_keras_hub",
+           "last_real_index", "load_shieldgemma", "pad_right", "yes_probability"]
