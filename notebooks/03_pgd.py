@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from workbench.attacks import fgsm, pgd, project, random_start_point
-from workbench.attacks.core import attack_mode, loss_and_grad
+from workbench.attacks import ascent_step, fgsm, pgd, pgd_sweep, random_start_point
+from workbench.attacks.core import attack_mode
 from workbench.config import get_mode, start
 from workbench.data import LABELLED_PHOTOS, photo_batch, sample_image
 from workbench.exercises import check
@@ -57,12 +57,12 @@ from workbench.widgets import pgd_panel
 
 device = start(seed=0)
 standard = load_classifier("efficientnet_b0")
-print(standard.source)
+print(f"model: {standard.cfg.label}; {standard.source}")
 print("normalisation:", standard.normalize)
 models = {"standard": standard}
 if get_mode() == "full":
     models["advprop"] = load_classifier("efficientnet_b0_advprop")
-    print(models["advprop"].source)
+    print(f"model: {models['advprop'].cfg.label}; {models['advprop'].source}")
     print("normalisation:", models["advprop"].normalize)  # mean = std = 0.5, from timm's config
 else:
     print("AdvProp's ImageNet weights need full mode (WORKBENCH_MODE=full, with network): "
@@ -155,29 +155,42 @@ check("targeted_objective", targeted_objective)
 # %% [markdown]
 # ### Your pieces make PGD
 #
-# Put together, your functions are the loop inside `workbench.attacks.pgd`. Run yours and the
-# package's from the same random start on a photo: they agree.
+# Put together, your three functions are the loop inside `workbench.attacks.pgd`: a random
+# start, then per step the objective and its gradient, a step, the projection by assignment
+# and the clamp. Below, `my_pgd` is that loop built from *your* `pgd_linf_step` (L-inf),
+# `project_l2` (L2) and `targeted_objective`; it runs a targeted attack in both norms on a
+# photo, from the same random start as the package's `pgd`, and the two agree.
 
 # %%
-def my_pgd_linf(model, x, y, *, eps, alpha, steps, generator):
-    x_adv = random_start_point(x, eps, "linf", generator)
+def my_pgd(model, x, target, *, eps, alpha, steps, norm, generator):
+    """Targeted PGD from your pieces: x (N, 3, H, W) in [0, 1], target (N,) class ids."""
+    x_adv = random_start_point(x, eps, norm, generator)
     with attack_mode(model):  # eval mode, parameters frozen, both restored afterwards
         for _ in range(steps):
             x_grad = x_adv.clone().requires_grad_(True)
-            objective = F.cross_entropy(model(x_grad), y, reduction="none")
+            objective = targeted_objective(model(x_grad), target)
             (grad,) = torch.autograd.grad(objective.sum(), x_grad)
-            x_adv = pgd_linf_step(x_adv, x, grad, alpha=alpha, eps=eps)
+            if norm == "linf":
+                x_adv = pgd_linf_step(x_adv, x, grad, alpha=alpha, eps=eps)
+            else:
+                stepped = x_adv + ascent_step(grad, alpha, "l2")
+                x_adv = (x + project_l2(stepped - x, eps)).clamp(0, 1)
     return x_adv
 
 
 x, label = sample_image("rocket")
 x, y = x[None].to(device), torch.tensor([label], device=device)
-mine = my_pgd_linf(standard, x, y, eps=4 / 255, alpha=1 / 255, steps=5,
-                   generator=torch.Generator().manual_seed(0))
-package = pgd(standard, x, y, eps=4 / 255, alpha=1 / 255, steps=5,
-              generator=torch.Generator().manual_seed(0))
-print(f"largest difference: {(mine - package.x_adv).abs().max().item():.2e}; "
-      f"fooled: {bool(package.success[0])}")
+goal = torch.tensor([standard.categories.index("goldfish")], device=device)
+for norm, eps in (("linf", 4 / 255), ("l2", 1.0)):
+    settings = dict(eps=eps, alpha=eps / 4, steps=8, norm=norm)
+    mine = my_pgd(standard, x, goal, generator=torch.Generator().manual_seed(0), **settings)
+    package = pgd(standard, x, goal, targeted=True,
+                  generator=torch.Generator().manual_seed(0), **settings)
+    with torch.no_grad():
+        reached = standard(mine).argmax(1) == goal
+    print(f"targeted {norm} PGD, eps {eps:.4f}: largest difference from the package's "
+          f"{(mine - package.x_adv).abs().max().item():.2e}; yours reached 'goldfish': "
+          f"{bool(reached[0])}, the package's: {bool(package.success[0])}")
 
 # %% [markdown]
 # ### PGD against FGSM over epsilon
@@ -185,17 +198,21 @@ print(f"largest difference: {(mine - package.x_adv).abs().max().item():.2e}; "
 # The same budget, two attacks, a batch of photos (the labelled sample photos, centre crop and
 # one random crop each). PGD takes 10 steps of `alpha = 2.5 eps / 10` from a random start and
 # stops moving a photo once it is misclassified (`early_stop=True`: the answer is the same,
-# the attack is cheaper). The random start is a random choice, so PGD runs with three seeds
-# and the table shows the mean and the range of the accuracy under attack.
+# the attack is cheaper). One batched attack covers every budget: `pgd_sweep` repeats each
+# photo once per epsilon and gives every copy its own budget (`eps` can be a tensor, one
+# value per image), and FGSM takes a budget per image the same way. The random start is a
+# random choice, so PGD runs with three seeds and the table shows the mean and the range of
+# the accuracy under attack.
 
 # %%
 xb, yb = photo_batch(LABELLED_PHOTOS, crops_per_photo=2, seed=0)
 xb, yb = xb.to(device), yb.to(device)
-levels = (0.25, 0.5, 1, 2, 4)
+levels = torch.tensor([0.25, 0.5, 1, 2, 4])
+epsilons = levels / 255
 
 
 def accuracy_and_confidence(model, images, labels):
-    """Top-1 accuracy and the mean probability of the true class, on images (N, 3, H, W)."""
+    """Top-1 accuracy and the mean probability of the true class, on images (M, 3, H, W)."""
     with torch.no_grad():
         probs = model(images).softmax(dim=1)
     return ((probs.argmax(dim=1) == labels).float().mean().item(),
@@ -204,17 +221,18 @@ def accuracy_and_confidence(model, images, labels):
 
 for name, model in models.items():
     clean_acc, clean_conf = accuracy_and_confidence(model, xb, yb)
-    print(f"{name}: {len(yb)} photos, clean accuracy {clean_acc:.0%}, "
+    print(f"{name} ({model.cfg.label}): {len(yb)} photos, clean accuracy {clean_acc:.0%}, "
           f"true-class probability {clean_conf:.0%}")
+    budgets = epsilons.repeat_interleave(len(yb)).to(device)  # (levels * photos,)
+    fgsm_adv = fgsm(model, xb.repeat(len(levels), 1, 1, 1), yb.repeat(len(levels)), budgets)
+    fgsm_adv = fgsm_adv.view(len(levels), *xb.shape)  # (levels, photos, 3, H, W)
+    sweeps = [pgd_sweep(model, xb, yb, epsilons, steps=10, early_stop=True, batch_size=32,
+                        generator=torch.Generator().manual_seed(seed)) for seed in (0, 1, 2)]
     print("   eps     FGSM: accuracy, probability   PGD: accuracy (min-max, 3 seeds), probability")
-    for level in levels:
-        eps = level / 255
-        fgsm_acc, fgsm_conf = accuracy_and_confidence(model, fgsm(model, xb, yb, eps), yb)
-        runs = torch.tensor([
-            accuracy_and_confidence(model, pgd(
-                model, xb, yb, eps=eps, alpha=2.5 * eps / 10, steps=10, early_stop=True,
-                generator=torch.Generator().manual_seed(seed)).x_adv, yb)
-            for seed in (0, 1, 2)])  # (seeds, 2)
+    for i, level in enumerate(levels.tolist()):
+        fgsm_acc, fgsm_conf = accuracy_and_confidence(model, fgsm_adv[i], yb)
+        runs = torch.tensor([accuracy_and_confidence(model, sweep.x_adv[i], yb)
+                             for sweep in sweeps])  # (seeds, 2)
         print(f"{level:5.2f}/255   {fgsm_acc:6.0%}   {fgsm_conf:6.1%}              "
               f"{runs[:, 0].mean():6.0%} ({runs[:, 0].min():.0%}-{runs[:, 0].max():.0%})"
               f"   {runs[:, 1].mean():6.1%}")
@@ -252,7 +270,7 @@ figure, axis = plt.subplots(figsize=(6, 3.5))
 axis.plot(range(1, 11), result.loss_trace.cpu(), alpha=0.6)
 axis.set_xlabel("PGD step")
 axis.set_ylabel("cross-entropy of the true label (nats)")
-axis.set_title(f"PGD at eps 2/255: loss per step, {len(yb)} photos")
+axis.set_title(f"PGD at eps 2/255 on {standard.cfg.label}: loss per step, {len(yb)} photos")
 axis.grid(alpha=0.3)
 
 # %% [markdown]
@@ -270,18 +288,21 @@ with torch.no_grad():
     after = top_k(standard(result.x_adv).softmax(1)[0], standard.categories)
 print(f"reached '{TARGET}': {bool(result.success[0])}")
 figure = attack_figure(x[0], result.x_adv[0], 8 / 255, before, after)
+figure.suptitle(f"targeted PGD on {standard.cfg.label}, L-inf eps 8/255, 20 steps")
 
 # %% [markdown]
 # ### The panel
 #
-# Set epsilon, the step size (as a fraction of epsilon), the number of steps, the norm and,
-# if you like, a target; then press **Run PGD**. The loss curve is redrawn after every step.
-# Try: the same epsilon with 1 step and with 20; L2 with eps 1.0 against L-inf 1/255.
+# The panel attacks the photo once at every epsilon of its slider, for 20 steps, and keeps
+# every step (a progress bar shows it working): then moving **eps** or **steps** is a lookup,
+# and you see what PGD at that budget had produced after that many steps, with its loss curve
+# up to there. Changing the step size (as a fraction of epsilon), the norm or the target
+# attacks again. Try: the same epsilon at 1 step and at 20; L2 with eps 1.0 against L-inf
+# 1/255.
 
 # %%
 panel = pgd_panel(standard, x[0], label)
 display(panel.widget)
-panel.run()
 
 # %% [markdown]
 # ## Part B · Train your own: standard, AdvProp, PGD adversarial training

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import IMAGE_SHAPE, LinearModel, SmallConvNet, random_batch
-from workbench.attacks import AttackResult, ascent_step, fgsm, pgd, predict, project
+from workbench.attacks import AttackResult, ascent_step, fgsm, pgd, pgd_restarts, predict, project
 
 SEEDS = (0, 1, 2)
 EPS = {"linf": 0.1, "l2": 0.5}
@@ -309,8 +309,8 @@ def test_pgd_restarts_keep_the_best_run_per_example(norm, targeted, eps, seed,
     kwargs = dict(eps=eps, alpha=eps / 20, steps=2, norm=norm, targeted=targeted)
     restarts = 4
 
-    combined = pgd(model, x, y, restarts=restarts,
-                   generator=torch.Generator().manual_seed(3), **kwargs)
+    combined = pgd_restarts(model, x, y, restarts=restarts,
+                            generator=torch.Generator().manual_seed(3), **kwargs)
     # The same random starts, one run at a time: each run draws its start from the generator.
     g = torch.Generator().manual_seed(3)
     runs = [pgd(model, x, y, generator=g, **kwargs) for _ in range(restarts)]
@@ -341,18 +341,18 @@ def test_pgd_early_stop_freezes_examples_once_fooled():
     x, y = random_batch(12, n=16)
     steps = 8
     kwargs = dict(eps=0.2, alpha=0.03, norm="linf", random_start=False)
-    by_steps = [pgd(model, x, y, steps=k, **kwargs) for k in range(1, steps + 1)]
-    fooled = torch.stack([r.success for r in by_steps])  # (steps, N)
-    first = torch.where(fooled.any(0), fooled.float().argmax(0) + 1, steps)  # steps to fool
-    assert (first < steps).any(), "test set-up: nothing was fooled early"
-    assert (first > 1).any() or not fooled[0].all()
+    by_steps = [pgd(model, x, y, steps=k, **kwargs) for k in range(steps + 1)]
+    fooled = torch.stack([r.success for r in by_steps])  # (steps + 1, N), row 0: the start
+    first = torch.where(fooled.any(0), fooled.float().argmax(0), steps)  # steps to fool
+    assert ((first > 0) & (first < steps)).any(), "test set-up: nothing was fooled early"
+    assert (first == 0).any(), "test set-up: no example is misclassified from the start"
 
     result = pgd(model, x, y, steps=steps, early_stop=True, **kwargs)
     assert result.loss_trace.shape == (steps, 16)
     for i, k in enumerate(first.tolist()):
-        assert torch.equal(result.x_adv[i], by_steps[k - 1].x_adv[i]), f"example {i}"
+        assert torch.equal(result.x_adv[i], by_steps[k].x_adv[i]), f"example {i}"
         # once frozen, its objective stays where it was
-        frozen = result.loss_trace[k - 1:, i]
+        frozen = result.loss_trace[max(k - 1, 0):, i]
         assert torch.equal(frozen, frozen[:1].expand_as(frozen)), f"example {i}"
     assert torch.equal(result.success, fooled.any(0))
 
@@ -479,7 +479,6 @@ def test_bad_input(attack, case):
         (dict(steps=-1), r"steps"),
         (dict(steps=2.5), r"steps"),
         (dict(alpha=-0.01), r"alpha"),
-        (dict(restarts=0), r"restarts"),
     ],
 )
 def test_pgd_bad_options(overrides, message):

@@ -313,3 +313,26 @@ def test_doctor_looks_where_torch_hub_puts_files(variable, tmp_path, monkeypatch
     rows = {row["name"]: row for row in weights_status()}
     for name in ("mobilenet_v2", "resnet50"):
         assert rows[name]["path"] == str(hub / "checkpoints" / MODEL_CONFIGS[name].filename)
+
+
+def test_the_model_says_what_is_really_running(lite_model):
+    import dataclasses
+
+    cfg = lite_model.cfg
+    assert cfg.name == "mobilenet_v2" and cfg.mode == "lite"
+    # lite mode stands in EfficientNet-Lite0 for MobileNetV2: titles must say so
+    assert cfg.architecture == "EfficientNet-Lite0" and "MobileNet" not in cfg.label
+    assert cfg.mean == pytest.approx((127 / 255,) * 3) and cfg.std == pytest.approx((128 / 255,) * 3)
+    assert cfg.input_size == (3, 224, 224) and cfg.num_classes == len(lite_model.categories)
+    assert lite_model.input_size == cfg.input_size and lite_model.source == cfg.source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mean = (0.5, 0.5, 0.5)
+    # the normalisation inside the model is the one the config names
+    torch.testing.assert_close(lite_model.normalize.mean.flatten(), torch.tensor(cfg.mean))
+
+
+def test_registry_models_run_channels_last(lite_model):
+    # every convolution then runs NHWC, the fast layout on CPU and GPU alike
+    convs = [m for m in lite_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last)
+                         for c in convs if c.weight.shape[-1] > 1)

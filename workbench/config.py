@@ -1,6 +1,6 @@
 """Mode, device, seeding and cache paths.
 
-Two modes share one code path (DESIGN.md section 2):
+Two modes share one code path (docs/architecture.md, "Two modes, one code path"):
 
 * ``lite``: CPU, offline. Real, small, trained models that ship with packages.
 * ``full``: GPU / Colab. Downloads the large pretrained models.
@@ -113,16 +113,42 @@ def torch_hub_dir() -> Path:
     return Path(os.path.expanduser(torch_home)) / "hub"
 
 
-def in_colab() -> bool:
-    """True inside Google Colab."""
-    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
+# glibc's malloc returns every block above its mmap threshold (at most 32 MiB) to the kernel
+# when it is freed, so a training or attack step over 224 px images pays page faults on
+# hundreds of MB of fresh pages each pass. Above this size blocks still come from mmap.
+KEEP_FREED_BLOCKS_UP_TO = 1 << 30  # bytes
+
+
+def keep_freed_memory(limit: int = KEEP_FREED_BLOCKS_UP_TO) -> bool:
+    """Ask glibc's malloc to keep freed blocks up to ``limit`` bytes for reuse instead of
+    handing them back to the kernel (``mallopt`` of ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD``): the large activations of an ImageNet network then reuse the same
+    pages every forward and backward pass. ``benchmarks/bench_pgd.py --floor`` measures what
+    it gives.
+
+    Process-wide; the price is memory the process keeps (its peak stays its peak). Returns
+    False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, int(limit))) and bool(
+        mallopt(m_trim_threshold, 2 * int(limit)))
 
 
 def start(seed: int = 0):
     """First call of every notebook: print one line saying the mode and device, seed the
-    global generators for learner code, and return the device to use."""
+    global generators for learner code, let malloc keep large blocks (:func:`keep_freed_memory`)
+    and return the device to use."""
     import torch
 
+    keep_freed_memory()
     mode = get_mode()
     device = get_device()
     seed_everything(seed)

@@ -7,7 +7,7 @@ mode.
 
 Objective and success are functions of the logits (:func:`attack_objective`,
 :func:`success_from_logits`), so an attack that already has a forward pass's logits gets both
-without running the model again (:func:`loss_grad_and_logits`).
+without running the model again (:func:`objective_and_gradient`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,60 @@ def check_eps(eps, *, name: str = "eps", norm: str = "linf") -> float:
             f"{name}={eps} is larger than the whole pixel range: images are in [0, 1], so an "
             f"L-inf budget of 8 pixel levels is 8/255 = {8 / 255:.4f}, not 8")
     return eps
+
+
+def check_budget(eps, n: int, *, name: str = "eps", norm: str = "linf"):
+    """A budget for a batch of ``n`` examples: a float (one for all, checked by
+    :func:`check_eps`) or an (n,) float tensor, one per example, each checked the same way.
+
+    Returns the float, or the tensor as float32 on the CPU (callers move it). ValueError
+    names what is wrong: a budget per example must have one entry per example.
+    """
+    if not isinstance(eps, torch.Tensor) or eps.dim() == 0:
+        return check_eps(eps, name=name, norm=norm)
+    if eps.dim() != 1 or eps.shape[0] != n or eps.dtype == torch.bool:
+        raise ValueError(f"{name} per example must be a float tensor shaped (N,) = ({n},), got "
+                         f"{tuple(eps.shape)} of {eps.dtype}: one budget per image")
+    eps = eps.detach().float().cpu()
+    if not torch.isfinite(eps).all():
+        raise ValueError(f"{name} must hold finite numbers, got {eps[~torch.isfinite(eps)][:3]}")
+    if (eps < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {eps.min().item()}: it is the size of the "
+                         f"perturbation")
+    if norm == "linf" and (eps > 1).any():
+        raise ValueError(
+            f"{name} holds {eps.max().item()}, larger than the whole pixel range: images are in "
+            f"[0, 1], so an L-inf budget of 8 pixel levels is 8/255 = {8 / 255:.4f}, not 8")
+    return eps
+
+
+def per_example(value, like: torch.Tensor):
+    """A float as it is, or an (N,) tensor as (N, 1, ..., 1) on ``like``'s device and dtype,
+    so that it broadcasts over each example of ``like`` (N, ...)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an attack's arithmetic runs in: the images' own when it is float32 or
+    float64, else float32 (bfloat16 has 8 bits of mantissa: 0.5 + 8/255 is not representable)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def cast_towards(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``v`` in x's dtype, every coordinate rounded towards x (a no-op when the dtypes match).
+
+    Rounding to nearest can push a coordinate past the edge of the eps-ball by half a unit in
+    the last place; rounding towards x never moves a coordinate further from x than it was, so
+    the ball (in any norm) and the box [0, 1] (both ends representable) still hold.
+    """
+    if v.dtype == x.dtype:
+        return v
+    x_work = x.to(v.dtype)
+    rounded = v.to(x.dtype)
+    outside = (rounded.to(v.dtype) - x_work).abs() > (v - x_work).abs()
+    return torch.where(outside, torch.nextafter(rounded, x), rounded)
 
 
 def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,21 +190,23 @@ def success_from_logits(logits: torch.Tensor, y: torch.Tensor, *,
     return pred == y if targeted else pred != y
 
 
-def loss_grad_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                         targeted: bool, check: bool = True):
-    """One forward and one backward pass: the objective, its gradient and the logits.
+def objective_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                           targeted: bool, gradient: bool = True, check: bool = True):
+    """One forward pass (and one backward when ``gradient``): the attack objective, its
+    gradient with respect to x, and the logits.
 
-    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32, grad (N, C, H, W) with x's dtype
-    and layout, logits (N, K) detached, in the model's output dtype. ``check=False`` skips
-    the label range check (one host sync on CUDA) when the caller has already made it.
+    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32 (see :func:`attack_objective`),
+    grad (N, C, H, W) with x's dtype and layout (None without ``gradient``), logits (N, K)
+    detached, in the model's output dtype. ``check=False`` skips the label range check (one
+    host sync on CUDA) when the caller has already made it.
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+    with torch.enable_grad() if gradient else torch.no_grad():
+        x = x.detach().requires_grad_(gradient)
         logits = model(x)
         if check:
             check_labels(y, logits.shape[1])
         objective = attack_objective(logits, y, targeted=targeted)
-        (grad,) = torch.autograd.grad(objective.sum(), x)
+        grad = torch.autograd.grad(objective.sum(), x)[0] if gradient else None
     return objective.detach(), grad, logits.detach()
 
 
@@ -163,7 +219,7 @@ def loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targete
 
     Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32, grad (N, C, H, W) like x.
     """
-    objective, grad, _ = loss_grad_and_logits(model, x, y, targeted=targeted)
+    objective, grad, _ = objective_and_gradient(model, x, y, targeted=targeted)
     return objective, grad
 
 

