@@ -188,7 +188,7 @@ def test_experiment_shieldgemma_json_from_the_cached_models(shieldgemma_experime
     with capsys.disabled():
         print(f"\nworkbench experiment shieldgemma --json --seeds 0: {seconds:.1f} s from the "
               "cache")
-    assert result["seeds"] == [0]
+    assert result["seeds"] == [0] and result["std"] == "sample (ddof=1)"
     assert [row["harm_type"] for row in result["rows"]] == [h.value for h in HarmType]
     for row, three_seeds in zip(result["rows"], shieldgemma_experiment["rows"]):
         assert set(row) == SHIELDGEMMA_ROW_KEYS
@@ -197,3 +197,107 @@ def test_experiment_shieldgemma_json_from_the_cached_models(shieldgemma_experime
             assert row[key] == row[f"{key}_min"] == pytest.approx(row[f"{key}_by_seed"][0],
                                                                   abs=5e-5)
             assert row[f"{key}_std"] == 0.0
+
+
+# ------------------------------------------------------------------ the table of experiments
+
+
+def test_every_experiment_of_the_table_resolves_to_its_functions():
+    """Without running any: each row's run and format functions import and are callable, and
+    the run function takes the keywords the command passes."""
+    import inspect
+
+    from workbench.experiment_table import EXPERIMENTS
+
+    assert set(EXPERIMENTS) >= {"advprop", "shieldgemma"}
+    for name, row in EXPERIMENTS.items():
+        assert row.name == name and row.help and "\n" not in row.help
+        run, format_result = row.functions()
+        assert callable(run) and callable(format_result), name
+        parameters = inspect.signature(run).parameters
+        assert {"seeds", "cache", "progress"} <= set(parameters), (name, list(parameters))
+        assert len(inspect.signature(format_result).parameters) == 1, name
+
+
+def test_experiment_help_lists_every_experiment_of_the_table():
+    from workbench.experiment_table import EXPERIMENTS
+
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "experiment", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for row in EXPERIMENTS.values():
+        assert row.name in out.stdout and row.help[:40] in " ".join(out.stdout.split())
+    top = subprocess.run([sys.executable, "-m", "workbench.cli", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert all(name in top.stdout for name in EXPERIMENTS)
+
+
+def test_an_unknown_experiment_lists_the_known_ones(capsys):
+    from workbench.cli import main
+    from workbench.experiment_table import get_experiment
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "trades"])
+    assert exit_.value.code == 2
+    assert "advprop" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="known: .*shieldgemma"):
+        get_experiment("trades")
+
+
+# ------------------------------------------------------ one way to summarise seeds, in both
+
+
+def test_mean_std_is_the_sample_standard_deviation():
+    import statistics
+
+    from workbench.stats import STD, mean_std
+
+    assert STD == "sample (ddof=1)"
+    values = [0.80, 0.90, 0.85, 0.70]
+    mean, std = mean_std(values)
+    assert mean == pytest.approx(0.8125)
+    assert std == pytest.approx(statistics.stdev(values)) == pytest.approx(0.0853912, abs=1e-7)
+    assert std != pytest.approx(statistics.pstdev(values))  # not the population std
+    assert mean_std([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
+
+
+PER_SEED = {0: 0.80, 1: 0.90, 2: 0.70}  # made-up per-seed values, the same for both experiments
+
+
+def test_the_advprop_experiment_reports_the_sample_std(monkeypatch):
+    """Its summary of seeds, on made-up per-seed results: no model trains."""
+    import workbench.experiments as experiments
+    from workbench.stats import STD, mean_std
+
+    monkeypatch.setattr(experiments, "load_digits_split", lambda: (None, None, None, None))
+    monkeypatch.setattr(experiments, "train_or_load", lambda method, seed, **kwargs: seed)
+    curve = list(experiments.CURVE_EPS)
+    monkeypatch.setattr(experiments, "_evaluate", lambda model, x, y, *, seed, **kwargs: {
+        "seed": seed, "clean_acc": 1.0 - PER_SEED[seed] / 10, "robust_acc": PER_SEED[seed],
+        "fgsm_curve": [0.5] * len(curve), "pgd_curve": [0.4] * len(curve)})
+    result = experiments.run_advprop_experiment(seeds=tuple(PER_SEED))
+    assert result["std"] == STD
+    for row in result["rows"]:
+        assert (row["robust_acc"], row["robust_acc_std"]) == mean_std(list(PER_SEED.values()))
+
+
+def test_the_shieldgemma_experiment_reports_the_sample_std(monkeypatch):
+    """Its summary of seeds, on made-up AUROCs: no scorer is built, keras is not imported."""
+    import types
+
+    import workbench.safety.evaluation as evaluation
+    from workbench.safety import HarmType
+    from workbench.stats import STD, mean_std
+
+    fake_lite = types.ModuleType("workbench.safety.lite")
+    fake_lite.load_lite_scorer = lambda seed, **kwargs: seed
+    monkeypatch.setitem(sys.modules, "workbench.safety.lite", fake_lite)
+    monkeypatch.setattr(evaluation, "auroc_by_harm_type",
+                        lambda seed, rows: {harm: PER_SEED[seed] for harm in HarmType})
+    result = evaluation.run_shieldgemma_experiment(seeds=tuple(PER_SEED))
+    assert result["std"] == STD
+    for row in result["rows"]:
+        for key in ("auroc", "auroc_unseen"):
+            assert (row[key], row[f"{key}_std"]) == mean_std(list(PER_SEED.values()))

@@ -362,6 +362,7 @@ def test_pgd_at_is_more_robust_than_standard_training(experiment):
 def test_experiment_result_shape(experiment):
     result, _ = experiment
     assert result["eps"] == experiments.EPS and result["seeds"] == [0, 1, 2]
+    assert result["std"] == "sample (ddof=1)"
     assert [row["method"] for row in result["rows"]] == list(METHODS)
     curve_eps = list(experiments.CURVE_EPS)
     for row in result["rows"]:
@@ -387,7 +388,7 @@ def test_cli_prints_the_same_json_from_the_cache(experiment):
 
 def test_cli_table(experiment, monkeypatch, capsys):
     result, _ = experiment
-    monkeypatch.setitem(experiments.EXPERIMENTS, "advprop", lambda **kwargs: result)
+    monkeypatch.setattr(experiments, "run_advprop_experiment", lambda **kwargs: result)
     assert cli_main(["experiment", "advprop"]) == 0
     table = capsys.readouterr().out
     pgd_at = result["rows"][2]

@@ -49,7 +49,7 @@ def test_experiment_result_shape(shieldgemma_experiment):
             assert len(values) == len(SEEDS) and np.all((values >= 0) & (values <= 1))
             assert row[key] == pytest.approx(values.mean(), abs=1e-4)
             assert row[f"{key}_min"] == pytest.approx(values.min(), abs=1e-4)
-            assert row[f"{key}_std"] == pytest.approx(values.std(), abs=1e-4)
+            assert row[f"{key}_std"] == pytest.approx(values.std(ddof=1), abs=1e-4)
 
 
 # ------------------------------------------------------------------------------- AUROC

@@ -10,6 +10,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+# The table names its functions by dotted path: parsing imports neither torch nor keras.
+from workbench.experiment_table import EXPERIMENTS, get_experiment
+
 VERSIONED = ["torch", "torchvision", "timm", "numpy", "ipywidgets", "jupyterlab", "matplotlib",
              "scikit-image", "scikit-learn", "keras", "keras-hub"]
 
@@ -118,20 +121,12 @@ def grade(args) -> int:
 
 def experiment(args) -> int:
     """Train (or load from the cache) and evaluate an experiment's models; print the results."""
+    run_experiment, format_result = get_experiment(args.name).functions()
     kwargs = {"cache": not args.no_cache, "progress": sys.stderr.isatty()}
     if args.seeds is not None:
         kwargs["seeds"] = tuple(args.seeds)
-    if args.name == "shieldgemma":  # keras-hub is imported here, not when the CLI starts
-        from workbench.safety.evaluation import format_experiment, run_shieldgemma_experiment
-
-        result = run_shieldgemma_experiment(**kwargs)
-        text = format_experiment
-    else:
-        from workbench.experiments import EXPERIMENTS, format_table
-
-        result = EXPERIMENTS[args.name](**kwargs)
-        text = format_table
-    print(json.dumps(result, indent=2) if args.json else text(result))
+    result = run_experiment(**kwargs)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
 
@@ -166,14 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")
     p.add_argument("--dir", help="notebooks folder (default: the repository's)")
     p.set_defaults(fn=build)
-    p = sub.add_parser("experiment", help="train (or load) models and measure them: advprop "
-                                          "(notebook 03, part B), shieldgemma (notebook 01)")
-    # The names are written out here, not read from the modules that run them, so that
-    # parsing the command line imports neither torch nor keras (`workbench doctor` stays fast).
-    p.add_argument("name", choices=["advprop", "shieldgemma"],
-                   help="advprop: standard vs AdvProp vs PGD-AT (notebook 03); shieldgemma: "
-                        "lite ShieldGemma's AUROC per harm type on both held-out sets "
-                        "(notebook 01)")
+    p = sub.add_parser("experiment", help="train (or load) models and measure them: "
+                                          + ", ".join(EXPERIMENTS),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="experiments:\n" + "\n".join(
+                           f"  {e.name:<13} {e.help}" for e in EXPERIMENTS.values()))
+    p.add_argument("name", choices=list(EXPERIMENTS), help="the experiment to run (see above)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-cache", action="store_true", help="train again, ignore cached weights")
     p.add_argument("--seeds", type=_seed, nargs="+", metavar="SEED",

@@ -27,6 +27,7 @@ from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
 from workbench.defenses.models import digits_cnn
 from workbench.defenses.training import BATCH_SIZE, EPOCHS, EPS, LR, METHODS, STEPS, train
+from workbench.stats import STD, mean_std
 
 # Bump when digits_cnn, the training loop or the data split changes: old cache files are
 # then ignored instead of loaded into a model they no longer describe.
@@ -130,15 +131,10 @@ def _evaluate(model, x, y, *, eps: float, epsilons: Sequence[float], seed: int) 
             "pgd_curve": [pgd_acc[e] for e in epsilons]}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _summarise(method: str, runs: list[dict], epsilons: Sequence[float]) -> dict:
     """One result row: means and standard deviations over the seeds' runs."""
-    clean, clean_std = _mean_std([r["clean_acc"] for r in runs])
-    robust, robust_std = _mean_std([r["robust_acc"] for r in runs])
+    clean, clean_std = mean_std([r["clean_acc"] for r in runs])
+    robust, robust_std = mean_std([r["robust_acc"] for r in runs])
     return {"method": method, "clean_acc": clean, "clean_acc_std": clean_std,
             "robust_acc": robust, "robust_acc_std": robust_std,
             "per_seed": [{k: r[k] for k in ("seed", "clean_acc", "robust_acc")} for r in runs],
@@ -162,9 +158,10 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
         progress: progress bars over the models and their training.
 
     Returns:
-        ``{"eps", "seeds", "rows"}``, one row per method: ``method``, ``clean_acc`` and
-        ``robust_acc`` (means over seeds, in [0, 1]) with ``clean_acc_std`` and
-        ``robust_acc_std`` (sample standard deviations), ``per_seed`` (``seed``,
+        ``{"eps", "seeds", "std", "rows"}``, one row per method: ``method``, ``clean_acc``
+        and ``robust_acc`` (means over seeds, in [0, 1]) with ``clean_acc_std`` and
+        ``robust_acc_std`` (sample standard deviations, ``"std"`` says so; see
+        :mod:`workbench.stats`), ``per_seed`` (``seed``,
         ``clean_acc``, ``robust_acc``), ``curve_eps`` and the mean ``fgsm_curve`` and
         ``pgd_curve`` (accuracy at each eps of ``curve_eps``).
     """
@@ -177,7 +174,7 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
                                   eps=eps)
             runs[method].append(_evaluate(model, x_test, y_test, eps=eps, epsilons=epsilons,
                                           seed=seed))
-    return {"eps": eps, "seeds": list(seeds),
+    return {"eps": eps, "seeds": list(seeds), "std": STD,
             "rows": [_summarise(method, runs[method], epsilons) for method in METHODS]}
 
 
@@ -191,5 +188,3 @@ def format_table(result: dict) -> str:
     lines.append(f"means ± sample std over seeds {result['seeds']}; test split of 450 digits")
     return "\n".join(lines)
 
-
-EXPERIMENTS = {"advprop": run_advprop_experiment}

@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.safety.examples import SafetyExample, load_examples, template_split
 from workbench.safety.policies import HarmType
+from workbench.stats import STD, mean_std
 
 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -55,10 +56,11 @@ def run_shieldgemma_experiment(seeds: Sequence[int] = (0, 1, 2), *, cache: bool 
                                progress: bool = False) -> dict:
     """The lite scorer from each seed, measured on both held-out sets.
 
-    Returns ``{"rows": [...], "seeds": [...]}`` with one row per harm type: ``harm_type``,
-    ``auroc`` and ``auroc_unseen`` (means over seeds), ``auroc_std`` and ``auroc_unseen_std``,
-    ``auroc_min`` and ``auroc_unseen_min``, and the per-seed lists ``auroc_by_seed`` and
-    ``auroc_unseen_by_seed``.
+    Returns ``{"rows": [...], "seeds": [...], "std": ...}`` with one row per harm type:
+    ``harm_type``, ``auroc`` and ``auroc_unseen`` (means over seeds), ``auroc_std`` and
+    ``auroc_unseen_std`` (sample standard deviations, as ``"std"`` says; see
+    :mod:`workbench.stats`), ``auroc_min`` and ``auroc_unseen_min``, and the per-seed lists
+    ``auroc_by_seed`` and ``auroc_unseen_by_seed``.
     """
     from workbench.safety.lite import load_lite_scorer
 
@@ -76,16 +78,16 @@ def run_shieldgemma_experiment(seeds: Sequence[int] = (0, 1, 2), *, cache: bool 
         row = {"harm_type": harm.value}
         for key, runs in (("auroc", template), ("auroc_unseen", independent)):
             values = [run[harm] for run in runs]
-            row.update({key: float(np.mean(values)), f"{key}_std": float(np.std(values)),
-                        f"{key}_min": float(np.min(values)),
+            mean, std = mean_std(values)
+            row.update({key: mean, f"{key}_std": std, f"{key}_min": min(values),
                         f"{key}_by_seed": [round(v, 4) for v in values]})
         rows.append(row)
-    return {"rows": rows, "seeds": seeds}
+    return {"rows": rows, "seeds": seeds, "std": STD}
 
 
 def format_experiment(result: dict) -> str:
     """The experiment's result as a plain-text table, one line per harm type."""
-    lines = [f"lite ShieldGemma, AUROC over seeds {result['seeds']} (mean +- std, min)",
+    lines = [f"lite ShieldGemma, AUROC over seeds {result['seeds']} (mean +- sample std, min)",
              f"{'harm type':<20} {'template held-out':>24} {'independently written':>24}"]
     for row in result["rows"]:
         cells = [f"{row[k]:.3f} +- {row[k + '_std']:.3f} ({row[k + '_min']:.3f})"

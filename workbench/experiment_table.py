@@ -1,0 +1,57 @@
+"""The experiments ``workbench experiment NAME`` runs, one row each.
+
+A row names, by dotted path, the function that runs the experiment and the one that turns its
+result into a text table, so that reading the table imports neither torch nor keras (parsing
+the command line stays fast); :meth:`Experiment.functions` imports them when the experiment
+runs. A new experiment is one more row of ``EXPERIMENTS``: the command's choices and help come
+from here.
+
+The run function is called with keywords only: ``cache`` (bool: load and store trained
+models), ``progress`` (bool: progress bars) and, when the user gives ``--seeds``, ``seeds`` (a
+tuple of ints; otherwise its own default). It returns a JSON-serialisable dict
+``{"rows": [...], "seeds": [...], "std": ..., ...}`` (see docs/architecture.md, contracts).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    run: str  # dotted path of the run function
+    format: str  # dotted path of result dict -> str
+    help: str  # one line for `workbench experiment --help`
+
+    def functions(self) -> tuple[Callable[..., dict], Callable[[dict], str]]:
+        """The run and format functions, imported now."""
+        return _resolve(self.run), _resolve(self.format)
+
+
+def _resolve(dotted: str) -> Callable:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("advprop", "workbench.experiments.run_advprop_experiment",
+               "workbench.experiments.format_table",
+               "notebook 03: standard vs AdvProp vs PGD-AT digits models, clean and PGD-10 "
+               "accuracy"),
+    Experiment("shieldgemma", "workbench.safety.evaluation.run_shieldgemma_experiment",
+               "workbench.safety.evaluation.format_experiment",
+               "notebook 01: lite ShieldGemma's AUROC per harm type on both held-out sets"),
+)}
+
+
+def get_experiment(name: str) -> Experiment:
+    """The row called ``name``; ValueError listing the known ones otherwise."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"no experiment named {name!r}; known: {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "get_experiment"]
