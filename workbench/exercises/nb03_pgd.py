@@ -1,14 +1,17 @@
 """Notebook 03's PGD exercises: the L-inf step with its projection, the L2 projection and the
 targeted objective. Their checks name the bugs of the DevFest 2024 codelab this course
 modernises: the projection added the clipped perturbation instead of assigning it, epsilon
-was on the 0-255 scale, and the loss read probabilities as logits."""
+was on the 0-255 scale, and the loss read probabilities as logits. The references are the
+package's own functions (:func:`workbench.attacks.pgd_step`, :func:`~workbench.attacks.project`,
+:func:`workbench.defenses.advprop_loss`), not copies of the notebook's solutions."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from workbench.attacks import ascent_step, project
+from workbench.attacks import pgd_step as reference_pgd_linf_step  # norm="linf" by default
+from workbench.attacks import project
 from workbench.exercises.core import SMALL_IMAGE_SHAPE, CheckFailed, as_tensor, exercise
 
 
@@ -20,13 +23,6 @@ def _case(seed: int, n: int = 4):
     x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
     grad = torch.randn(x.shape, generator=g)
     return x, x_adv, grad, eps
-
-
-def reference_pgd_linf_step(x_adv, x, grad, *, alpha, eps):
-    """One L-inf PGD step: ascend, project onto the eps-ball around x by assignment, then
-    onto [0, 1]. All tensors (N, C, H, W); alpha and eps in pixel units."""
-    stepped = x_adv + ascent_step(grad, alpha, "linf")
-    return (x + project(stepped - x, eps, "linf")).clamp(0, 1)
 
 
 step_exercise = exercise("pgd_linf_step", notebook="03_pgd",
