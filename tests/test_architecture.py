@@ -183,6 +183,14 @@ def test_imports_go_down_the_layers():
     assert not violations, "imports against the layers:\n  " + "\n  ".join(violations)
 
 
+def test_the_layers_of_the_document_are_the_layers_tested():
+    """docs/architecture.md lists the same layers, in the same order."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    positions = [text.find(f"| {name} |") for name, _ in LAYERS]
+    assert -1 not in positions, [name for (name, _), at in zip(LAYERS, positions) if at == -1]
+    assert positions == sorted(positions)
+
+
 # ------------------------------------------------------- the rules on a small made-up package
 
 

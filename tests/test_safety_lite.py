@@ -1,7 +1,7 @@
 """Lite ShieldGemma: how well it separates Yes from No, its cache and its training loop.
 
 The AUROC test uses the real lite models (seeds 0, 1, 2), trained once and cached in
-``~/.cache/workbench`` (about 80 s each on 2 idle cores the first time). The cache and training
+``~/.cache/workbench`` (trained the first time, then loaded). The cache and training
 tests below use a temporary cache, a no-op in place of training, or a one-epoch run on 16
 rows: they check the plumbing, and their models are never used for a result.
 """
@@ -115,7 +115,7 @@ def encoder(lite):
 @pytest.fixture
 def fast_build(lite, encoder, monkeypatch):
     """``build_lite_scorer`` reuses the module's encoder and computes the PCA of MiniLM's word
-    embeddings once (an SVD of a 30522 x 384 matrix: 5-15 s per build on 2 shared cores)."""
+    embeddings once (an SVD of a 30522 x 384 matrix, seconds per build)."""
     real_pca = lite.pca_embeddings
 
     def pca_once(word_embeddings, dim):

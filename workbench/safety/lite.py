@@ -1,5 +1,5 @@
 """Lite ShieldGemma: a tiny keras-hub ``GemmaCausalLM`` that answers Yes/No in ShieldGemma's
-template, trained here in about a minute on 2 CPU cores and cached on disk.
+template, trained here on the CPU, once per seed, and cached on disk.
 
 What it is, plainly:
 
@@ -331,7 +331,7 @@ def train_lite(scorer: LiteScorer, examples: Sequence[SafetyExample], *, seed: i
 
 def load_lite_scorer(seed: int = 0, *, cache: bool = True, progress: bool = True) -> LiteScorer:
     """The lite scorer trained from ``seed`` on ``template_split(seed)``'s training part:
-    loaded from :func:`cache_path` if there, else trained (about a minute on 2 cores) and
+    loaded from :func:`cache_path` if there, else trained (with a progress bar) and
     saved. ``cache=False`` trains afresh and writes nothing; an unreadable cache file is
     trained again and overwritten."""
     scorer = build_lite_scorer(seed)
