@@ -75,7 +75,7 @@ from workbench.models import load_classifier
 from workbench.viz import top_k
 
 model = load_classifier("mobilenet_v2")
-print(model.source)
+print(f"model: {model.cfg.label}; {model.source}")
 x, label = sample_image("camera")
 with torch.no_grad():
     probs = model(x[None].to(device)).softmax(dim=1)[0]

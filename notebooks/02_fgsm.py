@@ -53,7 +53,7 @@ from workbench.widgets import fgsm_panel
 
 device = start(seed=0)
 model = load_classifier("mobilenet_v2")
-print(model.source)
+print(f"model: {model.cfg.label}; {model.source}")
 
 # %% [markdown]
 # ## 1. A photo and what the model sees
@@ -132,7 +132,8 @@ figure = attack_figure(x, x_adv[0], eps, top_k(probs, model.categories),
 # ## 3. The panel: move epsilon
 #
 # The direction $\mathrm{sign}(\nabla_x L)$ does not depend on $\varepsilon$, so the panel
-# computes it once per photo and target; each slider move is one forward pass. The middle image
+# computes it once per photo and target, with one batched forward pass over every epsilon of
+# the slider; each slider move is then a lookup. The middle image
 # shows the perturbation amplified (black is $-\varepsilon$, white $+\varepsilon$). Tick
 # **targeted** and pick a class to push the photo towards it instead.
 #
@@ -214,7 +215,7 @@ for seed in (0, 1, 2):
 runs = torch.stack(runs)  # (seeds, 2, len(epsilons))
 mean, low, high = runs.mean(0), runs.amin(0), runs.amax(0)
 figure = eps_sweep_figure(epsilons, mean[0], mean[1],
-                          title=f"FGSM on {len(yb)} photos x 3 seeds ({model.name}, {model.mode})")
+                          title=f"FGSM on {len(yb)} photos x 3 seeds ({model.cfg.label})")
 axis = figure.axes[0]
 levels = [255 * e for e in epsilons]
 axis.fill_between(levels, 100 * low[0], 100 * high[0], alpha=0.2)

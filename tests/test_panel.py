@@ -313,3 +313,11 @@ def test_show_frame_and_revisited_moves_do_no_encoding(lite_model, coffee, monke
     assert "1/255" in panel.view.status.value
     with pytest.raises(AssertionError, match="encoding"):
         panel.controls["eps"].value = 9 / 255  # never shown: its frame is built now
+
+
+def test_fgsm_panel_names_the_architecture_really_running(lite_model, coffee):
+    x, label = coffee
+    panel = fgsm_panel(lite_model, x, label)
+    # lite mode stands in EfficientNet-Lite0 for MobileNetV2: the panel must say which runs
+    assert "EfficientNet-Lite0" in panel.view.status.value
+    assert "mobilenet" not in panel.view.status.value.lower()

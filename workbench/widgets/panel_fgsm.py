@@ -133,8 +133,8 @@ class FGSMPanel:
             else:
                 with attack_mode(self.model), torch.no_grad():
                     probs = self.model(x_adv).float().softmax(dim=1)[0]
-            frame = self.view.frame(x_adv, probs, scale=eps, target=target,
-                                    status=f"eps = {eps * 255:.4g}/255 = {eps:.4f}")
+            status = f"{self.model.cfg.label}: eps = {eps * 255:.4g}/255 = {eps:.4f}"
+            frame = self.view.frame(x_adv, probs, scale=eps, target=target, status=status)
             if level is not None:
                 grid.frames[level] = frame
         self.view.show_frame(frame)
