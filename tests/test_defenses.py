@@ -294,6 +294,26 @@ def test_robustness_curve_is_one_robust_accuracy_per_eps(trained, digits):
     assert curve[0] >= curve[1] >= curve[2]
 
 
+def test_pgd_robustness_curve_is_one_batched_attack(trained, digits, monkeypatch):
+    import workbench.defenses.evaluation as evaluation
+
+    x, y = digits[2][:60], digits[3][:60]
+    calls = []
+    real = evaluation.pgd_sweep
+    monkeypatch.setattr(evaluation, "pgd_sweep",
+                        lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    epsilons = [0.0, 0.05, 0.1, 0.2]
+    curve = robustness_curve(trained, x, y, epsilons, "pgd", steps=5, seed=2)
+    assert calls == [epsilons], "the whole curve must be one sweep"
+    assert curve[0] == accuracy(trained, x, y)
+    assert curve == sorted(curve, reverse=True)
+    # each point is what PGD at that budget gives: within a few images of a separate attack
+    # (the random starts are drawn in another order)
+    for eps, value in zip(epsilons[1:], curve[1:]):
+        alone = robust_accuracy(trained, x, y, eps=eps, steps=5, seed=2)
+        assert abs(value - alone) <= 0.1, (eps, value, alone)
+
+
 def test_transfer_to_the_source_itself_is_white_box(trained, digits):
     x, y = digits[2][:100], digits[3][:100]
     assert (transfer_accuracy(trained, trained, x, y, eps=0.1, steps=5, seed=1)

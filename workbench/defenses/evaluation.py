@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from workbench.attacks import fgsm, pgd, predict
+from workbench.attacks import fgsm, pgd, pgd_sweep, predict, repeat_over_budgets
 from workbench.attacks.core import attack_mode, check_batch, check_eps
 from workbench.defenses.training import default_alpha
 
@@ -130,10 +130,31 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      epsilons: Sequence[float], attack: str = "pgd", *,
                      steps: int = EVAL_STEPS, seed: int = 0,
                      batch_size: int = 256) -> list[float]:
-    """Robust accuracy at each eps of ``epsilons`` (pixel units), PGD step size 2.5 * eps /
-    steps at each: a list of floats in [0, 1], one per eps."""
-    return [robust_accuracy(model, x, y, eps=eps, attack=attack, steps=steps, seed=seed,
-                            batch_size=batch_size) for eps in epsilons]
+    """Robust accuracy at each eps of ``epsilons`` (pixel units): a list of floats in [0, 1],
+    one per eps.
+
+    One batched attack for the whole curve: every image is repeated once per eps with its own
+    budget (:func:`workbench.attacks.pgd_sweep`, PGD step size 2.5 * eps / steps at each; FGSM
+    with one budget per image), ``batch_size`` attacked images at a time. The random starts
+    come from a generator seeded with ``seed``.
+    """
+    _check_attack(attack)
+    x, y = check_batch(model, x, y)
+    for eps in epsilons:
+        check_eps(eps)
+    xs, ys, budgets = repeat_over_budgets(x, y, epsilons)
+    if attack == "pgd":
+        x_adv = pgd_sweep(model, x, y, epsilons, steps=steps, batch_size=batch_size,
+                          generator=torch.Generator().manual_seed(seed)).x_adv.flatten(0, 1)
+    else:
+        x_adv = torch.cat([fgsm(model, xb, yb, eb) for xb, yb, eb in
+                           zip(xs.split(batch_size), ys.split(batch_size),
+                               budgets.split(batch_size))])
+    with attack_mode(model), torch.no_grad():
+        correct = torch.cat([predict(model, xb) == yb
+                             for xb, yb in zip(x_adv.split(batch_size), ys.split(batch_size))])
+    per_eps = correct.view(len(budgets) // len(y), len(y)).sum(dim=1)
+    return [int(count) / len(y) for count in per_eps]
 
 
 def transfer_accuracy(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor,
