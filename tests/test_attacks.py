@@ -1,4 +1,5 @@
-"""FGSM and PGD: the invariants of DESIGN.md section 4, closed-form cases, and bad input."""
+"""FGSM and PGD: the invariants of docs/architecture.md (contracts), closed-form cases, and bad
+input."""
 
 from __future__ import annotations
 
