@@ -191,21 +191,24 @@ def success_from_logits(logits: torch.Tensor, y: torch.Tensor, *,
 
 
 def objective_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                           targeted: bool, gradient: bool = True, check: bool = True):
+                           targeted: bool, gradient: bool = True, check: bool = True,
+                           objective_fn=None):
     """One forward pass (and one backward when ``gradient``): the attack objective, its
     gradient with respect to x, and the logits.
 
-    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32 (see :func:`attack_objective`),
-    grad (N, C, H, W) with x's dtype and layout (None without ``gradient``), logits (N, K)
-    detached, in the model's output dtype. ``check=False`` skips the label range check (one
-    host sync on CUDA) when the caller has already made it.
+    Shapes: x (N, C, H, W), y (N,) -> objective (N,) float32 (:func:`attack_objective`, or
+    ``objective_fn(logits, y)`` when given, e.g. a margin loss), grad (N, C, H, W) with x's
+    dtype and layout (None without ``gradient``), logits (N, K) detached, in the model's
+    output dtype. ``check=False`` skips the label range check (one host sync on CUDA) when
+    the caller has already made it.
     """
     with torch.enable_grad() if gradient else torch.no_grad():
         x = x.detach().requires_grad_(gradient)
         logits = model(x)
         if check:
             check_labels(y, logits.shape[1])
-        objective = attack_objective(logits, y, targeted=targeted)
+        objective = (attack_objective(logits, y, targeted=targeted) if objective_fn is None
+                     else objective_fn(logits, y))
         grad = torch.autograd.grad(objective.sum(), x)[0] if gradient else None
     return objective.detach(), grad, logits.detach()
 

@@ -167,7 +167,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
     Cost: ``steps`` forward+backward passes and one forward pass. Under ``torch.autocast``
     the objective and the norms are computed in float32.
     """
-    x, y, eps, alpha = _check_arguments(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm)
+    x, y, eps, alpha = check_pgd_arguments(model, x, y, eps=eps, alpha=alpha, steps=steps,
+                                           norm=norm)
     n = x.shape[0]
     with attack_mode(model):
         x_adv = random_start_point(x, eps, norm, generator) if random_start else x.clone()
@@ -202,8 +203,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
     return AttackResult(x_adv=x_adv.detach(), success=success, loss_trace=trace)
 
 
-def _check_arguments(model, x, y, *, eps, alpha, steps, norm):
-    """Validated (x, y, eps, alpha): x and y on the model's device, eps and alpha as (N,)
+def check_pgd_arguments(model, x, y, *, eps, alpha, steps, norm):
+    """For PGD and the attacks built like it: validated (x, y, eps, alpha): x and y on the model's device, eps and alpha as (N,)
     float32 tensors there. ValueError names what is wrong."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -19,6 +19,7 @@ from workbench.defenses.evaluation import (
     transfer_accuracy,
 )
 from workbench.defenses.models import digits_cnn
+from workbench.defenses.worst_case import RobustEvaluation, evaluate_robustness
 from workbench.defenses.training import (
     METHODS,
     default_alpha,
@@ -28,7 +29,7 @@ from workbench.defenses.training import (
     train_standard,
 )
 
-__all__ = ["ATTACKS", "METHODS", "DualBatchNorm2d", "accuracy", "adversarial_examples",
-           "advprop_loss", "auxiliary_bn", "default_alpha", "digits_cnn", "robust_accuracy",
-           "robustness_curve", "train", "train_advprop", "train_pgd_at", "train_standard",
-           "transfer_accuracy"]
+__all__ = ["ATTACKS", "METHODS", "DualBatchNorm2d", "RobustEvaluation", "accuracy",
+           "adversarial_examples", "advprop_loss", "auxiliary_bn", "default_alpha", "digits_cnn",
+           "evaluate_robustness", "robust_accuracy", "robustness_curve", "train",
+           "train_advprop", "train_pgd_at", "train_standard", "transfer_accuracy"]
