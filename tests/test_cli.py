@@ -276,6 +276,7 @@ def test_the_advprop_experiment_reports_the_sample_std(monkeypatch):
     curve = list(experiments.CURVE_EPS)
     monkeypatch.setattr(experiments, "_evaluate", lambda model, x, y, *, seed, **kwargs: {
         "seed": seed, "clean_acc": 1.0 - PER_SEED[seed] / 10, "robust_acc": PER_SEED[seed],
+        "pgd10_acc": PER_SEED[seed] + 0.05, "robust_attack": "worst case",
         "fgsm_curve": [0.5] * len(curve), "pgd_curve": [0.4] * len(curve)})
     result = experiments.run_advprop_experiment(seeds=tuple(PER_SEED))
     assert result["std"] == STD

@@ -393,8 +393,12 @@ def test_experiment_result_shape(experiment):
         assert row["curve_eps"] == curve_eps
         assert len(row["fgsm_curve"]) == len(row["pgd_curve"]) == len(curve_eps)
         assert row["pgd_curve"][0] == row["fgsm_curve"][0] == pytest.approx(row["clean_acc"])
-        assert row["pgd_curve"][curve_eps.index(result["eps"])] == row["robust_acc"]
+        assert row["pgd_curve"][curve_eps.index(result["eps"])] == row["pgd10_acc"]
+        # the worst case over PGD-10 and APGD never reports more than PGD-10 alone
+        for run in row["per_seed"]:
+            assert run["robust_acc"] <= run["pgd10_acc"]
         assert all(0 <= v <= 1 for v in row["fgsm_curve"] + row["pgd_curve"])
+    assert "PGD-10, APGD-CE-100, APGD-DLR-100" in result["robust_attack"]
 
 
 def test_cli_prints_the_same_json_from_the_cache(experiment):

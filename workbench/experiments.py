@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from workbench.config import cache_dir, torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
+from workbench.defenses.worst_case import evaluate_robustness
 from workbench.defenses.models import digits_cnn
 from workbench.defenses.training import BATCH_SIZE, EPOCHS, EPS, LR, METHODS, STEPS, train
 from workbench.stats import STD, mean_std
@@ -122,11 +123,14 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
 
 
 def _evaluate(model, x, y, *, eps: float, epsilons: Sequence[float], seed: int) -> dict:
-    """Clean accuracy, PGD accuracy at eps and FGSM / PGD curves over epsilons, of one model
-    on x (N, 1, 16, 16), y (N,); PGD's random starts from ``seed``."""
+    """Of one model on x (N, 1, 16, 16), y (N,): clean accuracy, robust accuracy at eps (the
+    worst case over PGD-10 and APGD, :func:`evaluate_robustness`), PGD-10's alone, and FGSM /
+    PGD-10 curves over epsilons; random starts from ``seed``."""
     grid = sorted({*epsilons, eps})
     pgd_acc = dict(zip(grid, robustness_curve(model, x, y, grid, "pgd", seed=seed)))
-    return {"seed": seed, "clean_acc": accuracy(model, x, y), "robust_acc": pgd_acc[eps],
+    strong = evaluate_robustness(model, x, y, eps=eps, seed=seed)
+    return {"seed": seed, "clean_acc": accuracy(model, x, y), "robust_acc": strong.robust_acc,
+            "pgd10_acc": pgd_acc[eps], "robust_attack": strong.description,
             "fgsm_curve": robustness_curve(model, x, y, epsilons, "fgsm", seed=seed),
             "pgd_curve": [pgd_acc[e] for e in epsilons]}
 
@@ -135,9 +139,12 @@ def _summarise(method: str, runs: list[dict], epsilons: Sequence[float]) -> dict
     """One result row: means and standard deviations over the seeds' runs."""
     clean, clean_std = mean_std([r["clean_acc"] for r in runs])
     robust, robust_std = mean_std([r["robust_acc"] for r in runs])
+    weak, weak_std = mean_std([r["pgd10_acc"] for r in runs])
     return {"method": method, "clean_acc": clean, "clean_acc_std": clean_std,
             "robust_acc": robust, "robust_acc_std": robust_std,
-            "per_seed": [{k: r[k] for k in ("seed", "clean_acc", "robust_acc")} for r in runs],
+            "pgd10_acc": weak, "pgd10_acc_std": weak_std,
+            "per_seed": [{k: r[k] for k in ("seed", "clean_acc", "robust_acc", "pgd10_acc")}
+                         for r in runs],
             "curve_eps": list(epsilons),
             "fgsm_curve": [statistics.fmean(c) for c in zip(*(r["fgsm_curve"] for r in runs))],
             "pgd_curve": [statistics.fmean(c) for c in zip(*(r["pgd_curve"] for r in runs))]}
@@ -152,18 +159,20 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
     Args:
         seeds: one model per method and seed. epochs: training epochs.
         eps: the headline L-inf budget (pixel units): the training attack's budget for AdvProp
-            and PGD-AT, and the budget of the PGD-10 attack in ``robust_acc``.
+            and PGD-AT, and the budget of ``robust_acc`` (worst case per example over PGD-10,
+            APGD-CE-100 and APGD-DLR-100) and of ``pgd10_acc`` (PGD-10 alone).
         epsilons: the budgets of the FGSM and PGD-10 robustness curves.
         cache: load and store trained weights (see :func:`train_or_load`).
         progress: progress bars over the models and their training.
 
     Returns:
-        ``{"eps", "seeds", "std", "rows"}``, one row per method: ``method``, ``clean_acc``
-        and ``robust_acc`` (means over seeds, in [0, 1]) with ``clean_acc_std`` and
-        ``robust_acc_std`` (sample standard deviations, ``"std"`` says so; see
-        :mod:`workbench.stats`), ``per_seed`` (``seed``,
-        ``clean_acc``, ``robust_acc``), ``curve_eps`` and the mean ``fgsm_curve`` and
-        ``pgd_curve`` (accuracy at each eps of ``curve_eps``).
+        ``{"eps", "seeds", "std", "robust_attack", "rows"}``, ``robust_attack`` saying which
+        attacks, steps and budget ``robust_acc`` is the worst case over; one row per method:
+        ``method``, ``clean_acc``, ``robust_acc`` and ``pgd10_acc`` (means over seeds, in
+        [0, 1]) with ``*_std`` (sample standard deviations, ``"std"`` says so; see
+        :mod:`workbench.stats`), ``per_seed`` (``seed``, ``clean_acc``, ``robust_acc``,
+        ``pgd10_acc``), ``curve_eps`` and the mean ``fgsm_curve`` and ``pgd_curve`` (PGD-10
+        accuracy at each eps of ``curve_eps``).
     """
     _, _, x_test, y_test = load_digits_split()
     runs = {method: [] for method in METHODS}
@@ -175,16 +184,19 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
             runs[method].append(_evaluate(model, x_test, y_test, eps=eps, epsilons=epsilons,
                                           seed=seed))
     return {"eps": eps, "seeds": list(seeds), "std": STD,
+            "robust_attack": runs[METHODS[0]][0]["robust_attack"],
             "rows": [_summarise(method, runs[method], epsilons) for method in METHODS]}
 
 
 def format_table(result: dict) -> str:
     """``run_advprop_experiment``'s result as a text table, one line per method."""
-    head = f"{'method':<10} {'clean acc':>15}   {'PGD-10 acc at eps=' + str(result['eps']):>24}"
+    head = (f"{'method':<10} {'clean acc':>15}   {'robust acc':>15}   {'PGD-10 alone':>15}")
     lines = [head, "-" * len(head)]
     for row in result["rows"]:
-        lines.append(f"{row['method']:<10} {row['clean_acc']:>8.3f} ± {row['clean_acc_std']:.3f}"
-                     f"   {row['robust_acc']:>17.3f} ± {row['robust_acc_std']:.3f}")
+        lines.append(f"{row['method']:<10} {row['clean_acc']:>7.3f} ± {row['clean_acc_std']:.3f}"
+                     f"   {row['robust_acc']:>7.3f} ± {row['robust_acc_std']:.3f}"
+                     f"   {row['pgd10_acc']:>7.3f} ± {row['pgd10_acc_std']:.3f}")
+    lines.append(f"robust acc: {result['robust_attack']}")
     lines.append(f"means ± sample std over seeds {result['seeds']}; test split of 450 digits")
     return "\n".join(lines)
 
