@@ -120,3 +120,27 @@ def test_zero_budget_is_clean_accuracy():
     x, y = random_batch(3, n=8)
     report = evaluate_robustness(model, x, y, eps=0.0, apgd_steps=5)
     assert report.robust_acc == report.clean_acc
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_every_attack_stays_in_its_ball_in_every_dtype(dtype, norm):
+    # bfloat16 cannot hold 0.5 + 8/255: rounding to nearest would leave the ball.
+    from workbench.attacks import fgsm
+
+    model = SmallConvNet(seed=5).eval().to(dtype)
+    x, y = random_batch(8, n=6)
+    x = x.to(dtype)
+    eps = 8 / 255 if norm == "linf" else 0.3
+    outputs = {"apgd": apgd(model, x, y, eps=eps, steps=5, norm=norm,
+                            generator=torch.Generator().manual_seed(0)).x_adv,
+               "pgd": pgd(model, x, y, eps=eps, alpha=eps / 2, steps=3, norm=norm,
+                          generator=torch.Generator().manual_seed(0)).x_adv}
+    if norm == "linf":
+        outputs["fgsm"] = fgsm(model, x, y, eps)
+    for name, x_adv in outputs.items():
+        assert x_adv.dtype == dtype, name
+        d = (x_adv.double() - x.double()).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-6).all(), (name, size.max().item() * 255)
+        assert x_adv.min() >= 0 and x_adv.max() <= 1, name

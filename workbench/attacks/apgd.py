@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from workbench.attacks.core import (attack_mode, attack_objective, objective_and_gradient,
-                                    success_from_logits)
+from workbench.attacks.core import (attack_mode, attack_objective, cast_towards,
+                                    objective_and_gradient, success_from_logits, work_dtype)
 from workbench.attacks.pgd import (AttackResult, ascent_step, check_pgd_arguments, project,
                                    random_start_point)
 
@@ -76,8 +76,11 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, steps: int 
         lambda logits, labels: attack_objective(logits, labels, targeted=False))
     n = x.shape[0]
 
+    x_work = x.to(work_dtype(x.dtype))  # arithmetic in float32 at least
+
     def into_ball(v: torch.Tensor) -> torch.Tensor:
-        return (x + project(v - x, eps, norm)).clamp(0.0, 1.0)
+        """v (work dtype) onto the ball and the box, in x's dtype rounded towards x."""
+        return cast_towards((x_work + project(v - x_work, eps, norm)).clamp(0.0, 1.0), x)
 
     def evaluate(point, *, gradient=True, check=False):
         return objective_and_gradient(model, point, y, targeted=False, gradient=gradient,
@@ -96,9 +99,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, steps: int 
         last, best_at_last, size_at_last = 0, best.clone(), step_size.clone()
         marks = set(checkpoints(steps))
         for k in range(1, steps + 1):
-            z = into_ball(x_adv + ascent_step(grad, step_size, norm))
-            x_prev, x_adv = x_adv, into_ball(x_adv + weight * (z - x_adv)
-                                             + (1 - weight) * (x_adv - x_prev))
+            here, before = x_adv.to(x_work.dtype), x_prev.to(x_work.dtype)
+            z = into_ball(here + ascent_step(grad.to(x_work.dtype), step_size, norm))
+            x_prev, x_adv = x_adv, into_ball(here + weight * (z.to(here.dtype) - here)
+                                             + (1 - weight) * (here - before))
             weight = MOMENTUM
             previous = objective
             objective, grad, logits = evaluate(x_adv, gradient=k < steps)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.attacks.core import (attack_mode, check_batch, check_budget, loss_and_grad,
-                                    per_example)
+from workbench.attacks.core import (attack_mode, cast_towards, check_batch, check_budget,
+                                    loss_and_grad, per_example, work_dtype)
 
 
 def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -45,10 +45,15 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *,
             float, or an (N,) tensor with one budget per example.
 
     Returns:
-        x_adv: (N, C, H, W) in [0, 1] with ``|x_adv - x| <= eps`` per pixel.
+        x_adv: (N, C, H, W) in [0, 1], x's dtype, with ``|x_adv - x| <= eps`` per pixel (in
+        every dtype: low-precision results are rounded towards x).
     """
     n = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else 1
     eps = check_budget(eps, n)
     direction = fgsm_direction(model, x, y, targeted=targeted)
-    x_adv = x.detach().to(direction.device) + per_example(eps, direction) * direction
-    return x_adv.clamp(0.0, 1.0)
+    x = x.detach().to(direction.device)
+    # In float32 at least, then back to x's dtype rounded towards x: rounding 0.5 + 8/255 to
+    # the nearest bfloat16 would land outside the ball.
+    work = work_dtype(x.dtype)
+    x_adv = x.to(work) + per_example(eps, direction.to(work)) * direction.to(work)
+    return cast_towards(x_adv.clamp(0.0, 1.0), x)
