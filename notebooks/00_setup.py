@@ -92,10 +92,16 @@ for pred in top_k(probs, model.categories, k=3):
 # checks use random inputs, cases whose answer is known exactly, and the real lite model, so
 # only a working function passes them.
 #
-# To grade a whole notebook, run from a terminal (or a cell, with `!`):
+# To grade a whole notebook, run from a terminal in the repository's folder:
 #
 # ```
 # workbench grade notebooks/student/02_fgsm.ipynb
+# ```
+#
+# or from a cell of a notebook, whose working folder is `notebooks/`:
+#
+# ```
+# !workbench grade student/02_fgsm.ipynb
 # ```
 #
 # It runs the notebook top to bottom in lite mode in a fresh kernel, with a time limit per

@@ -240,9 +240,30 @@ for i, level in enumerate(levels):
 # fool one you don't (notebook 03 measures this).
 #
 # **Where FGSM fails.** FGSM takes *one* step, trusting the linear approximation all the way to
-# $\varepsilon$. Look at the panel and the table above: on the coffee photo the model is fooled
-# at 1/255 but, with larger epsilon, it can go back to the right answer: the loss is not linear
-# that far out, and one big step overshoots. Accuracy need not fall monotonically with epsilon
-# for FGSM. Iterating small steps and projecting back into the budget fixes this: that is PGD,
+# $\varepsilon$. The loss is not linear that far out, and one big step can overshoot: an image
+# fooled at a small epsilon can be classified right again at a larger one, so accuracy need
+# not fall monotonically with epsilon for FGSM. The cell below looks for such photos in the
+# last batch, every epsilon from 0 to 16/255, with the model you are running.
+
+# %%
+levels = list(range(17))
+direction = fgsm_direction(model, xb, yb)
+with torch.no_grad():
+    correct = torch.stack([model((xb + level / 255 * direction).clamp(0, 1)).argmax(1) == yb
+                           for level in levels])  # (levels, photos)
+reversals = []
+for i in range(len(yb)):
+    wrong = (~correct[:, i]).nonzero().flatten().tolist()
+    right_again = [k for k in range(wrong[0] + 1, len(levels)) if correct[k, i]] if wrong else []
+    if right_again:
+        reversals.append((i, levels[wrong[0]], levels[right_again[0]]))
+print(f"{model.cfg.label}: {len(reversals)} of {len(yb)} photos are fooled by FGSM at some "
+      f"epsilon and classified right again at a larger one")
+for i, fooled_at, right_at in reversals[:5]:
+    print(f"  photo {i} ('{model.categories[int(yb[i])]}'): fooled at {fooled_at}/255, right "
+          f"again at {right_at}/255")
+
+# %% [markdown]
+# Iterating small steps and projecting back into the budget fixes this: that is PGD,
 # notebook 03. FGSM is also the attack that gradient masking defeats most easily, so a model
 # that resists FGSM alone proves little.

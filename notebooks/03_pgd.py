@@ -29,7 +29,9 @@
 # The DevFest 2024 codelab this course modernises got PGD wrong in four ways: its projection
 # *added* the clipped perturbation instead of *assigning* it, its epsilon was on the 0-255
 # scale, its loss read probabilities as logits, and its AdvProp model ran behind ImageNet's
-# normalisation instead of its own. The checks below name each of these.
+# normalisation instead of its own. The checks below name the first three; the fourth cannot
+# happen here, because every model carries its own normalisation (printed below: read from
+# the weights' own config, mean = std = 0.5 for AdvProp).
 
 # %%
 # Colab only: install the course package without upgrading what Colab ships (torch, ipywidgets).
@@ -197,8 +199,9 @@ for norm, eps in (("linf", 4 / 255), ("l2", 1.0)):
 #
 # The same budget, two attacks, a batch of photos (the labelled sample photos, centre crop and
 # one random crop each). PGD takes 10 steps of `alpha = 2.5 eps / 10` from a random start and
-# stops moving a photo once it is misclassified (`early_stop=True`: the answer is the same,
-# the attack is cheaper). One batched attack covers every budget: `pgd_sweep` repeats each
+# stops moving a photo once it is misclassified (`early_stop=True`: a photo fooled once stays
+# fooled, so the accuracy can only be lower than or equal to that of PGD without it, and the
+# attack is cheaper). One batched attack covers every budget: `pgd_sweep` repeats each
 # photo once per epsilon and gives every copy its own budget (`eps` can be a tensor, one
 # value per image), and FGSM takes a budget per image the same way. The random start is a
 # random choice, so PGD runs with three seeds and the table shows the mean and the range of
@@ -287,8 +290,8 @@ with torch.no_grad():
     before = top_k(standard(x).softmax(1)[0], standard.categories)
     after = top_k(standard(result.x_adv).softmax(1)[0], standard.categories)
 print(f"reached '{TARGET}': {bool(result.success[0])}")
-figure = attack_figure(x[0], result.x_adv[0], 8 / 255, before, after)
-figure.suptitle(f"targeted PGD on {standard.cfg.label}, L-inf eps 8/255, 20 steps")
+figure = attack_figure(x[0], result.x_adv[0], 8 / 255, before, after,
+                       title=f"targeted PGD on {standard.cfg.label}, L-inf eps 8/255, 20 steps")
 
 # %% [markdown]
 # ### The panel
@@ -325,7 +328,9 @@ display(panel.widget)
 #
 # Inside `with auxiliary_bn(model):` every dual BatchNorm of the model uses its auxiliary
 # half. Return `CE(model(x_clean), y)` with the main BatchNorms plus `CE(model(x_adv), y)`
-# with the auxiliary ones, from logits.
+# with the auxiliary ones, from logits. The training loop crafts the adversarial batch
+# `x_adv` through the auxiliary BatchNorms too (PGD inside `with auxiliary_bn(model):`), as
+# Xie et al. do: the adversarial examples are made by, and for, the auxiliary half.
 #
 # <details><summary>Hint</summary>
 #

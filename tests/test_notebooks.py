@@ -164,3 +164,15 @@ def test_grader_stops_an_endless_loop_and_ignores_tampering(tmp_path):
     assert all("loop forever" in r.message for r in fgsm_checks)
     assert all(r.passed for r in report.results if r.exercise == "sweep_eps")
     assert not report.passed
+
+
+def test_the_grade_commands_of_notebook_00_name_files_that_exist():
+    # A terminal runs from the repository's folder; a notebook cell's `!` from notebooks/.
+    import re
+
+    text = (ROOT / "notebooks" / "00_setup.py").read_text()
+    terminal = re.findall(r"^# workbench grade (\S+)", text, flags=re.M)
+    cell = re.findall(r"^# !workbench grade (\S+)", text, flags=re.M)
+    assert terminal and cell
+    assert all((ROOT / path).is_file() for path in terminal), terminal
+    assert all((ROOT / "notebooks" / path).is_file() for path in cell), cell

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,9 +208,11 @@ def read_notebook(path: Path):
 
 
 def execute_notebook(path: Path, *, cell_timeout: int = CELL_TIMEOUT_S,
-                     total_timeout: int = TOTAL_TIMEOUT_S) -> tuple[bool, str]:
+                     total_timeout: int = TOTAL_TIMEOUT_S,
+                     keep: Path | None = None) -> tuple[bool, str]:
     """Run a notebook top to bottom in lite mode in a fresh kernel, in its own folder (so
-    relative paths resolve), with a per-cell and a total time limit.
+    relative paths resolve), with a per-cell and a total time limit. ``keep``: also write
+    the executed notebook, with its outputs, there.
 
     Returns (True, "") when every cell ran, else (False, what went wrong first).
     """
@@ -228,6 +231,8 @@ def execute_notebook(path: Path, *, cell_timeout: int = CELL_TIMEOUT_S,
         if not finished or not executed.exists():
             last = err.splitlines()[-1] if err else "no output"
             return False, f"the notebook did not finish: {last}"
+        if keep is not None:
+            shutil.copyfile(executed, keep)
         errors = [(i, o) for i, c in enumerate(nbformat.read(executed, 4).cells)
                   if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]

@@ -10,10 +10,12 @@ from workbench.viz.images import Prediction, amplified_perturbation, to_uint8
 
 
 def attack_figure(x: torch.Tensor, x_adv: torch.Tensor, eps: float,
-                  before: Sequence[Prediction], after: Sequence[Prediction]):
+                  before: Sequence[Prediction], after: Sequence[Prediction], *,
+                  title: str | None = None):
     """Original, amplified perturbation, adversarial image and top-k bars before and after.
 
-    x, x_adv: (3, H, W) in [0, 1]; eps in pixel units. Returns the matplotlib Figure.
+    x, x_adv: (3, H, W) in [0, 1]; eps in pixel units; ``title`` above it all (e.g. the
+    attack and the model). Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
 
@@ -33,6 +35,8 @@ def attack_figure(x: torch.Tensor, x_adv: torch.Tensor, eps: float,
         ax.set_xlabel("probability (%)")
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
