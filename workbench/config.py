@@ -93,6 +93,31 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold back what C and C++ libraries write straight to file descriptor 2 while the block
+    runs (TensorFlow's and absl's start-up lines when keras-hub is imported), so that a
+    learner's cell shows none of it; if the block raises, what was held back is written out.
+    Python's own warnings go through ``sys.stderr`` and are not affected."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def cache_dir() -> Path:
     """Where the workbench keeps what it computes once (trained lite models, converted weights).
 

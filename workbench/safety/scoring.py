@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.config import cuda_available
+from workbench.config import cuda_available, quiet_native_stderr
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import make_prompt, parse_prompt
 
@@ -46,7 +46,8 @@ def import_keras_hub():
             f"keras was imported with the {keras.backend.backend()!r} backend; the workbench "
             "runs keras on torch. Restart the kernel and set os.environ['KERAS_BACKEND'] = "
             "'torch' before anything imports keras.")
-    import keras_hub
+    with quiet_native_stderr():  # TensorFlow's oneDNN and CUDA start-up lines
+        import keras_hub
 
     return keras, keras_hub
 
