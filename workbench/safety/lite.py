@@ -18,11 +18,19 @@ What it is, plainly:
   scored 0.56-0.70 AUROC on dangerous content for some seeds.)
 * **Training**: cross-entropy on the (Yes, No) logits at the last token, on the training part
   of :func:`workbench.safety.examples.template_split` (``seed``): the shipped policy set.
+* **What it reads**: the prompt as it is, except that special tokens a content held, which
+  ``make_prompt`` broke into text (``⟨end_of_turn>``, see
+  :func:`workbench.safety.prompts.neutralise_markers`), are read as a space, in the token ids
+  and in the contents MiniLM embeds. Read as the seven word pieces ``⟨ end _ of _ turn >``,
+  they moved P(Yes) by 0.14-0.22 on average (up to 0.9) on the shipped harmful responses:
+  a tiny model gives weight to any extra word pieces, so markup alone could talk it down.
 
 It is not ShieldGemma: it knows four policies, only what MiniLM's embeddings and 600-odd
-examples teach, and is easy to fool (the notebook shows a failure). Its scores are real: they
-come from a trained model that reads the prompt, and are measured on a held-out split and on a
-set written independently of the training data.
+examples teach, reads English only (text mostly in other scripts, which its vocabulary spells
+letter by letter or as [UNK], gets a warning that its score means nothing: see
+:meth:`LiteScorer.unreadable_ids`) and is easy to fool (the notebook shows a failure). Its
+scores are real: they come from a trained model that reads the prompt, and are measured on a
+held-out split and on a set written independently of the training data.
 
 This module imports keras (on the torch backend): import it only when a lite scorer is needed.
 """
@@ -33,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import unicodedata
 import warnings
 from collections import OrderedDict
 from importlib import metadata
@@ -45,7 +54,8 @@ import torch
 from workbench.config import cache_dir, torch_threads
 from workbench.safety.examples import FILES, SafetyExample, template_split
 from workbench.safety.policies import HarmType
-from workbench.safety.prompts import END_OF_TURN, START_OF_TURN, make_prompt, parse_prompt
+from workbench.safety.prompts import (END_OF_TURN, START_OF_TURN, drop_neutralised_markers,
+                                      make_prompt, parse_prompt)
 from workbench.safety.scoring import (EncodedPrompt, SafetyScorer, import_keras_hub,
                                       last_real_index, pad_right)
 
@@ -183,10 +193,28 @@ class LiteShieldGemma(keras.Model):
         return logits[:, [self.yes_id, self.no_id]].float()
 
 
+def _unreadable_piece(piece: str) -> bool:
+    """True for ``[UNK]`` and for a word piece holding a letter of a script other than Latin.
+
+    MiniLM's uncased vocabulary keeps the single letters of many scripts (Arabic, Cyrillic,
+    Greek, some CJK characters), not their words: such text becomes a string of letters (or
+    [UNK]) that embeddings learned on English, and a model trained on English, cannot read.
+    """
+    if piece == "[UNK]":
+        return True
+    return any(unicodedata.category(char).startswith("L")
+               and not unicodedata.name(char, "").startswith("LATIN")
+               for char in piece.removeprefix("##"))
+
+
 class LiteScorer(SafetyScorer):
     """Scores prompts made by ``make_prompt`` with a trained :class:`LiteShieldGemma`."""
 
     mode = "lite"
+    unreadable_tokens = ("[UNK] or letters of a script other than Latin (its WordPiece "
+                         "vocabulary, its embeddings and its training set are English)")
+    unreadable_advice = ("Translate the text to English, or score it with the full ShieldGemma "
+                         "(WORKBENCH_MODE=full, on a GPU).")
 
     def __init__(self, model: LiteShieldGemma, tokenizer, encoder: MiniLMEncoder, *,
                  name: str, sequence_length: int = LITE_CONFIG["sequence_length"]):
@@ -196,14 +224,33 @@ class LiteScorer(SafetyScorer):
         self.name, self.sequence_length = name, sequence_length
         self.bos_id = int(tokenizer.token_to_id("[CLS]"))
         self.pad_id = int(tokenizer.token_to_id("[PAD]"))
+        self.unknown_id = int(tokenizer.token_to_id("[UNK]"))
+        self._unreadable = np.array([_unreadable_piece(piece)
+                                     for piece in tokenizer.get_vocabulary()], dtype=bool)
 
     def encode(self, prompt: str) -> EncodedPrompt:
         """``[CLS]`` + the prompt's word pieces, and the two contents read back from it;
         ValueError if ``prompt`` is not in the template (the lite model needs the contents
-        for its reading aid)."""
+        for its reading aid). Special tokens that ``make_prompt`` broke in a content
+        (``⟨end_of_turn>``) are read as a space, in both (see the module's docstring)."""
         _, user, response = parse_prompt(prompt)
-        ids = [self.bos_id] + [int(i) for i in self.tokenizer.tokenize(prompt)]
-        return EncodedPrompt(prompt, ids, {"user": user, "response": response})
+        read = drop_neutralised_markers(prompt)
+        ids = [self.bos_id] + [int(i) for i in self.tokenizer.tokenize(read)]
+        return EncodedPrompt(prompt, ids, {
+            "user": drop_neutralised_markers(user),
+            "response": None if response is None else drop_neutralised_markers(response)})
+
+    def contents(self, prompt: str) -> dict[str, str]:
+        """The user content and chatbot response as the lite model reads them (broken special
+        tokens as a space)."""
+        return {field: drop_neutralised_markers(text)
+                for field, text in super().contents(prompt).items()}
+
+    def unreadable_ids(self, ids: np.ndarray) -> np.ndarray:
+        """bool [n]: True for ``[UNK]`` and for word pieces holding letters of a script other
+        than Latin (the vocabulary has the letters of Arabic, Cyrillic, Greek and some CJK
+        characters, but not their words, so such text is read letter by letter)."""
+        return self._unreadable[ids]
 
     def batch_inputs(self, encoded: list[EncodedPrompt]) -> dict:
         """The model's input dict for a batch of encoded prompts (right-padded)."""

@@ -11,6 +11,12 @@ gives wrong scores to every row of another length. :func:`yes_probability` is th
 for the notebook's exercise; :class:`SafetyScorer` does the same without materialising the
 logits of the whole vocabulary at every position.
 
+A scorer also says when it cannot read a text (:meth:`SafetyScorer.readable`): when at least
+:data:`UNREADABLE_SHARE` of the tokens of its user content or of its chatbot response are ones
+the model cannot read (the tokenizer's unknown token; for the lite scorer also letters of a
+script other than Latin), ``score`` warns that those scores mean nothing, rather than letting a
+low P(Yes) pass for "safe".
+
 Nothing here imports keras at import time: :func:`load_shieldgemma` does, on the torch backend,
 when it is called. ``load_scorer``, which picks the lite or the full scorer, is in
 :mod:`workbench.safety.loading`, above this module and :mod:`workbench.safety.lite`.
@@ -31,6 +37,12 @@ from workbench.safety.prompts import make_prompt, parse_prompt
 
 SHIELDGEMMA_PRESETS = ("shieldgemma_2b_en", "shieldgemma_9b_en", "shieldgemma_27b_en")
 FULL_SEQUENCE_LENGTH = 1024
+# A content is unreadable when at least this share of its tokens cannot be read. Measured with
+# the lite scorer (tests/test_safety_scoring.py): every content of the shipped English sets is
+# at most 0.04 (one [UNK] for the kana in a sentence about Japanese), Chinese, Japanese,
+# Korean, Arabic, Cyrillic, Greek and Devanagari sentences are 0.83-0.95 and emoji 1.0; an
+# English question quoting one Chinese word is 0.12. So: "most of its tokens".
+UNREADABLE_SHARE = 0.5
 
 
 def import_keras_hub():
@@ -137,10 +149,35 @@ class SafetyScorer:
     name: str
     mode: str
     sequence_length: int
+    unknown_id: int  # the tokenizer's unknown token
+    # what counts as a token the model cannot read, in words (for the warning)
+    unreadable_tokens = "the tokenizer's unknown token"
+    unreadable_advice = "Score such text with a model whose tokenizer covers it."
 
     # --- for subclasses
     def encode(self, prompt: str) -> EncodedPrompt:
         raise NotImplementedError
+
+    def token_ids(self, text: str) -> np.ndarray:
+        """int [n]: the tokenizer's ids of ``text`` alone, without ``<bos>``."""
+        ids = self.tokenizer.tokenize(text)
+        return np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype="int64")
+
+    def unreadable_ids(self, ids: np.ndarray) -> np.ndarray:
+        """bool [n]: which of the token ``ids`` the model cannot read (here: the unknown
+        token; a subclass may count more)."""
+        return ids == self.unknown_id
+
+    def contents(self, prompt: str) -> dict[str, str]:
+        """The texts the model judges in ``prompt``: ``{"user content": ..., "chatbot
+        response": ...}`` as :func:`parse_prompt` reads them (no response in a prompt-only
+        prompt); ``{"text": prompt}`` for text not in the template."""
+        try:
+            _, user, response = parse_prompt(prompt)
+        except ValueError:
+            return {"text": prompt}
+        return {"user content": user} if response is None else {
+            "user content": user, "chatbot response": response}
 
     def hidden_states_batch(self, encoded: list[EncodedPrompt]):
         """``(hidden [B, T, D], padding_mask [B, T])``: the backbone's output (after its final
@@ -174,6 +211,46 @@ class SafetyScorer:
                 self.yes_id, self.no_id)
 
     # --- the public interface
+    def unreadable_shares(self, prompt: str) -> dict[str, float]:
+        """For each content of ``prompt`` (see :meth:`contents`), the share of its tokens that
+        the model cannot read (see :meth:`unreadable_ids`); 1.0 for a content with no token."""
+        shares = {}
+        for field, text in self.contents(prompt).items():
+            ids = self.token_ids(text)
+            shares[field] = float(self.unreadable_ids(ids).mean()) if ids.size else 1.0
+        return shares
+
+    def unreadable_share(self, prompt: str) -> float:
+        """The larger :meth:`unreadable_shares` of ``prompt``'s contents, in [0, 1]."""
+        return max(self.unreadable_shares(prompt).values())
+
+    def readable(self, prompts: Sequence[str] | str) -> np.ndarray:
+        """bool [N]: False for each prompt whose user content or chatbot response has at least
+        :data:`UNREADABLE_SHARE` of its tokens unreadable. Its score means nothing; ``score``
+        warns about it."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return np.array([self.unreadable_share(p) < UNREADABLE_SHARE for p in prompts],
+                        dtype=bool)
+
+    def _warn_unreadable(self, encoded: list[EncodedPrompt]) -> None:
+        """One UserWarning naming the prompts this scorer cannot read, if there are any."""
+        unreadable = []
+        for i, e in enumerate(encoded):
+            field, share = max(self.unreadable_shares(e.text).items(), key=lambda kv: kv[1])
+            if share >= UNREADABLE_SHARE:
+                unreadable.append(f"prompt {i} ({share:.0%} of the {field}'s tokens)")
+        if not unreadable:
+            return
+        count = len(unreadable)
+        names = unreadable[:5] + ([f"{count - 5} more"] if count > 5 else [])
+        shown = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        warnings.warn(
+            f"the {self.mode} scorer cannot read {count} of {len(encoded)} prompts: in {shown} "
+            f"they are {self.unreadable_tokens}. Their P(Yes) means nothing: a low score is "
+            f"not 'safe'. {self.unreadable_advice} scorer.readable(prompts) says which prompts "
+            "it can read.", UserWarning, stacklevel=4)
+
     def fit(self, prompt: str, index: int = 0) -> EncodedPrompt:
         """``prompt`` encoded; if longer than ``sequence_length``, its user content is cut
         (with a warning) so that the policy, the question and the instruction stay whole.
@@ -245,6 +322,7 @@ class SafetyScorer:
                 or batch_size < 1:
             raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
         encoded = [self.fit(prompt, i) for i, prompt in enumerate(prompts)]
+        self._warn_unreadable(encoded)
         out = []
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
@@ -254,7 +332,8 @@ class SafetyScorer:
     def score(self, prompts: Sequence[str] | str, batch_size: int = 8) -> np.ndarray:
         """P(Yes) for each prompt, float32 [N] in [0, 1]; one str gives a [1] array.
 
-        Batches of different lengths give the same scores as one prompt at a time.
+        Batches of different lengths give the same scores as one prompt at a time. A
+        UserWarning names the prompts the model cannot read (see :meth:`readable`).
         """
         logits = self.yes_no_logits(prompts, batch_size)
         shifted = logits - logits.max(axis=1, keepdims=True)
@@ -287,6 +366,7 @@ class GemmaScorer(SafetyScorer):
         self.no_id = int(tokenizer.token_to_id("No"))
         self.bos_id = int(tokenizer.start_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
+        self.unknown_id = int(tokenizer.token_to_id("<unk>"))
 
     def encode(self, prompt: str) -> EncodedPrompt:
         ids = self.tokenizer.tokenize(prompt)
@@ -335,6 +415,7 @@ def load_shieldgemma(preset: str = "shieldgemma_2b_en", *,
                        sequence_length=sequence_length)
 
 
-__all__ = ["FULL_SEQUENCE_LENGTH", "SHIELDGEMMA_PRESETS", "EncodedPrompt", "GemmaScorer",
-           "SafetyScorer", "ShieldGemmaUnavailableError", "check_preset", "import_keras_hub",
-           "last_real_index", "load_shieldgemma", "pad_right", "yes_probability"]
+__all__ = ["FULL_SEQUENCE_LENGTH", "SHIELDGEMMA_PRESETS", "UNREADABLE_SHARE", "EncodedPrompt",
+           "GemmaScorer", "SafetyScorer", "ShieldGemmaUnavailableError", "check_preset",
+           "import_keras_hub", "last_real_index", "load_shieldgemma", "pad_right",
+           "yes_probability"]
