@@ -4,6 +4,7 @@ their time budget, and grade as a learner's would (solutions pass, student versi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -176,3 +177,60 @@ def test_the_grade_commands_of_notebook_00_name_files_that_exist():
     assert terminal and cell
     assert all((ROOT / path).is_file() for path in terminal), terminal
     assert all((ROOT / "notebooks" / path).is_file() for path in cell), cell
+
+
+# What a learner must not see in a cell's output: library log lines (TensorFlow, absl,
+# oneDNN, CUDA stubs) and bare results that only echo a return value.
+LOG_LINE = re.compile(r"^(?:[IWEF]\d{4} |WARNING: All log messages|.*oneDNN custom operations"
+                      r"|.*cudart_stub|.*Could not find cuda drivers)", re.M)
+LONG_REPR_LINES = 10
+
+
+def noise_in(notebook) -> list[str]:
+    """Where an executed notebook shows library log lines, a stray True/False or a long repr:
+    one line per finding, naming the cell."""
+    found = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            kind = output.get("output_type")
+            if kind == "stream" and LOG_LINE.search(output.get("text", "")):
+                found.append(f"cell {index}: log line {LOG_LINE.search(output['text'])[0]!r}")
+            if kind == "execute_result":
+                data = output.get("data", {})
+                text = data.get("text/plain", "")
+                if "application/vnd.jupyter.widget-view+json" in data:
+                    continue
+                if text in ("True", "False"):
+                    found.append(f"cell {index}: a stray {text}")
+                elif text.count("\n") >= LONG_REPR_LINES or text.startswith(
+                        ("Text(", "<matplotlib", "[<matplotlib")):
+                    found.append(f"cell {index}: a repr {text[:60]!r}")
+    return found
+
+
+def test_noise_finder_finds_what_it_looks_for():
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=(
+            "WARNING: All log messages before absl::InitializeLog() is called are written to "
+            "STDERR\nI0000 00:00:1.0 port.cc:153] oneDNN custom operations are on.\n")),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "True"}),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "Text(0.5, 0.98, 'a')"}),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "\n".join("x" * 12)}),
+        nbformat.v4.new_output("stream", name="stdout", text="accuracy 0.93\n"),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    assert len(noise_in(notebook)) == 4
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("stem", sorted(BUDGET_S))
+def test_solution_outputs_are_quiet(stem, tmp_path):
+    from workbench.exercises.grader import execute_notebook
+
+    executed = tmp_path / f"{stem}.ipynb"
+    ran, message = execute_notebook(NOTEBOOKS / "solutions" / f"{stem}.ipynb", keep=executed)
+    assert ran, message
+    assert noise_in(nbformat.read(executed, 4)) == []

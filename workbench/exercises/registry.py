@@ -32,10 +32,10 @@ def run_checks(name: str, fn: Callable, *, timeout: float = CHECK_TIMEOUT_S) -> 
     return run_checks_list(name, get_exercise(name).checks, fn, timeout=timeout)
 
 
-def check(name: str, fn: Callable) -> bool:
+def check(name: str, fn: Callable) -> None:
     """Check a learner's function in the notebook: prints what passed and, for each failure,
-    the likely mistake. Returns True when every check passes."""
+    the likely mistake. Returns nothing, so that the cell shows only the report (use
+    :func:`run_checks` for the results)."""
     results = run_checks(name, fn)
     print(f"Checking {get_exercise(name).title}:")
     print(format_results(results))
-    return all(r.passed for r in results)
