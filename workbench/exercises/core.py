@@ -97,6 +97,67 @@ def as_tensor(result, what: str):
     return result.detach()
 
 
+# A check sees only its own case, so its guesses at the cause of a wrong answer can contradict
+# another check's (an answer that adds the clipped delta was told "did you forget .sign()?" by
+# the direction check). Instead each exercise has one diagnosis: its known mistakes, each a
+# small wrong function, tried on a few probes; every check that fails reports the mistake that
+# the learner's function reproduces exactly, and only without one its own neutral message.
+
+def diagnosed(diagnose: Callable[[Callable], str | None], fn: Callable,
+              message: str) -> CheckFailed:
+    """The CheckFailed a check raises when ``fn`` got its case wrong: ``diagnose(fn)``'s
+    message when it names a known mistake, else the check's own ``message``.
+
+    The diagnosis runs the learner's code; when that code raises, there is no diagnosis (the
+    check's message stands), but a time-out still stops the check.
+    """
+    try:
+        found = diagnose(fn)
+    except CheckTimedOut:
+        raise
+    except Exception:
+        found = None
+    return CheckFailed(found or message)
+
+
+def _outputs(fn: Callable, probes) -> list | None:
+    import torch
+
+    outputs = []
+    for probe in probes:
+        args, kwargs = probe()
+        out = fn(*args, **kwargs)
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            out = torch.tensor(float(out))
+        if not isinstance(out, torch.Tensor):
+            return None
+        outputs.append(out.detach().float())
+    return outputs
+
+
+def known_mistake(fn: Callable, probes, mistakes, *, atol: float = 1e-5) -> str | None:
+    """The message of the first known mistake that ``fn`` reproduces, or None.
+
+    ``probes``: zero-argument callables returning ``(args, kwargs)``, called afresh for every
+    function run on them (in-place changes and model state cannot leak from one to the next).
+    ``mistakes``: ``(message, wrong_fn)`` pairs, in order; ``fn`` reproduces ``wrong_fn`` when
+    their results have the same shape and agree within ``atol`` on every probe. The probes must
+    tell each wrong function apart from the right answer (the tests of each exercise hold that).
+    """
+    import torch
+
+    mine = _outputs(fn, probes)
+    if mine is None:
+        return None
+    for message, wrong in mistakes:
+        theirs = _outputs(wrong, probes)
+        if theirs is not None and all(
+                a.shape == b.shape and torch.allclose(a, b, atol=atol, equal_nan=True)
+                for a, b in zip(mine, theirs)):
+            return message
+    return None
+
+
 # ----------------------------------------------------------------------------- running checks
 
 @contextmanager
