@@ -107,3 +107,17 @@ def shieldgemma_experiment():
     from workbench.safety.evaluation import run_shieldgemma_experiment
 
     return run_shieldgemma_experiment(seeds=(0, 1, 2))
+
+
+def assert_named(results, expected_checks: set[str], mistakes: set[str], checks: dict,
+                 phrases: dict):
+    """Each failing check's message names one of ``mistakes`` (keys of ``phrases``) and no other
+    mistake, and the failing checks are ``expected_checks`` (keys of ``checks``). ``results``:
+    the CheckResults of one exercise's checks."""
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        assert any(phrases[m] in r.message for m in mistakes), (r.check, r.message)
+        wrong = [m for m, phrase in phrases.items() if m not in mistakes and phrase in r.message]
+        assert not wrong, (r.check, r.message, wrong)
+    assert {r.check for r in failed} == {checks[k] for k in expected_checks}, \
+        [(r.check, r.message) for r in failed]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_named
 from workbench.attacks import fgsm as reference_fgsm
 from workbench.exercises import check, get_exercise, run_checks
 from workbench.exercises.grader import learner_source
@@ -129,19 +130,6 @@ BROKEN_FGSM = {
 }
 
 
-def assert_named(results, expected_checks: set[str], mistakes: set[str], checks: dict,
-                 phrases: dict = MISTAKES):
-    """Each failing check's message names one of ``mistakes`` (keys of ``phrases``) and no other
-    mistake, and the failing checks are ``expected_checks`` (keys of ``checks``)."""
-    failed = [r for r in results if not r.passed]
-    for r in failed:
-        assert any(phrases[m] in r.message for m in mistakes), (r.check, r.message)
-        wrong = [m for m, phrase in phrases.items() if m not in mistakes and phrase in r.message]
-        assert not wrong, (r.check, r.message, wrong)
-    assert {r.check for r in failed} == {checks[k] for k in expected_checks}, \
-        [(r.check, r.message) for r in failed]
-
-
 def test_the_checks_are_the_ones_these_tests_name():
     assert [d for d, _ in get_exercise("fgsm").checks] == list(FGSM_CHECKS.values())
     assert [d for d, _ in get_exercise("sweep_eps").checks] == list(SWEEP_CHECKS.values())
@@ -162,7 +150,7 @@ def test_the_diagnosis_tells_each_known_mistake_from_the_others_and_from_the_ref
 @pytest.mark.parametrize("broken", list(BROKEN_FGSM), ids=lambda f: f.__name__)
 def test_broken_fgsm_fails_the_right_checks_each_naming_its_mistake(broken):
     expected_checks, mistakes = BROKEN_FGSM[broken]
-    assert_named(run_checks("fgsm", broken), expected_checks, mistakes, FGSM_CHECKS)
+    assert_named(run_checks("fgsm", broken), expected_checks, mistakes, FGSM_CHECKS, MISTAKES)
 
 
 def test_returning_none_or_the_wrong_shape_is_said_by_every_check():

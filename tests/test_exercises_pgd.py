@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch.nn.functional as F
 
+from conftest import assert_named
 from workbench.attacks import project
 from workbench.exercises import get_exercise, run_checks
 from workbench.exercises import nb03_pgd
@@ -15,19 +16,6 @@ from workbench.exercises.nb03_pgd import reference_pgd_linf_step
 
 def _failures(name, fn):
     return [r.message for r in run_checks(name, fn) if not r.passed]
-
-
-def assert_named(name, fn, expected_checks: set[str], mistakes: set[str], checks: dict,
-                 phrases: dict):
-    """Each failing check's message names one of ``mistakes`` (keys of ``phrases``) and no other
-    mistake, and the failing checks are ``expected_checks`` (keys of ``checks``)."""
-    failed = [r for r in run_checks(name, fn) if not r.passed]
-    for r in failed:
-        assert any(phrases[m] in r.message for m in mistakes), (r.check, r.message)
-        wrong = [m for m, phrase in phrases.items() if m not in mistakes and phrase in r.message]
-        assert not wrong, (r.check, r.message, wrong)
-    assert {r.check for r in failed} == {checks[k] for k in expected_checks}, \
-        [(r.check, r.message) for r in failed]
 
 
 def test_references_pass():
@@ -151,7 +139,8 @@ BROKEN_STEPS = {
 @pytest.mark.parametrize("broken", list(BROKEN_STEPS), ids=lambda f: f.__name__)
 def test_broken_steps_fail_the_right_checks_each_naming_its_mistake(broken):
     expected_checks, mistakes = BROKEN_STEPS[broken]
-    assert_named("pgd_linf_step", broken, expected_checks, mistakes, STEP_CHECKS, STEP_MISTAKES)
+    assert_named(run_checks("pgd_linf_step", broken), expected_checks, mistakes, STEP_CHECKS,
+                 STEP_MISTAKES)
 
 
 def test_the_clipped_delta_is_never_told_to_take_the_sign():
@@ -205,7 +194,8 @@ BROKEN_L2 = {
 @pytest.mark.parametrize("broken", list(BROKEN_L2), ids=lambda f: f.__name__)
 def test_broken_l2_projections_fail_the_right_checks_each_naming_its_mistake(broken):
     expected_checks, mistakes = BROKEN_L2[broken]
-    assert_named("project_l2", broken, expected_checks, mistakes, L2_CHECKS, L2_MISTAKES)
+    assert_named(run_checks("project_l2", broken), expected_checks, mistakes, L2_CHECKS,
+                 L2_MISTAKES)
 
 
 # ----------------------------------------------------------------------------- targeted objective
@@ -246,8 +236,8 @@ BROKEN_OBJECTIVES = {
 @pytest.mark.parametrize("broken", list(BROKEN_OBJECTIVES), ids=lambda f: f.__name__)
 def test_broken_targeted_objectives_fail_the_right_checks_each_naming_its_mistake(broken):
     expected_checks, mistakes = BROKEN_OBJECTIVES[broken]
-    assert_named("targeted_objective", broken, expected_checks, mistakes, TARGETED_CHECKS,
-                 TARGETED_MISTAKES)
+    assert_named(run_checks("targeted_objective", broken), expected_checks, mistakes,
+                 TARGETED_CHECKS, TARGETED_MISTAKES)
 
 
 # ----------------------------------------------------------------------------- AdvProp
@@ -317,5 +307,5 @@ BROKEN_ADVPROP = {
 @pytest.mark.parametrize("broken", list(BROKEN_ADVPROP), ids=lambda f: f.__name__)
 def test_broken_advprop_losses_fail_the_right_checks_each_naming_its_mistake(broken):
     expected_checks, mistakes = BROKEN_ADVPROP[broken]
-    assert_named("advprop_loss", broken, expected_checks, mistakes, ADVPROP_CHECKS,
+    assert_named(run_checks("advprop_loss", broken), expected_checks, mistakes, ADVPROP_CHECKS,
                  ADVPROP_MISTAKES)
