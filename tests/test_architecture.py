@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "workbench"
 # subpackage or module right below ``workbench``) and of packages of lower layers only.
 LAYERS = (
     ("foundation", {"config", "stats"}),
+    ("cache", {"cache"}),
     ("data", {"data"}),
     ("models", {"models"}),
     ("attacks", {"attacks"}),

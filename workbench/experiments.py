@@ -12,8 +12,8 @@ three print the same numbers; for these tiny batches one thread is also the fast
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import statistics
 import warnings
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import cache_dir, torch_threads
+from workbench.config import torch_threads
+from workbench.cache import cache_file, save_cached
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
 from workbench.defenses.worst_case import evaluate_robustness
@@ -62,7 +63,7 @@ def cache_path(method: str, seed: int, **hp) -> Path:
     the attack's settings, so its file does not depend on them."""
     key = {"version": CACHE_VERSION, **_training_key(method, seed, _hyperparams(method, hp))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "digits" / f"{method}-seed{seed}-{digest}.pt"
+    return cache_file("digits", f"{method}-seed{seed}-{digest}.pt")
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> bool:
@@ -79,12 +80,13 @@ def _load_weights(model: torch.nn.Module, path: Path) -> bool:
     return True
 
 
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write the state dict to a temporary file, then rename: a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
+def _write_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict to ``path``, serialised in memory first (about 50 kB): writing the
+    bytes, a full disk is an OSError (ENOSPC), where ``torch.save`` to a file may report it as
+    a RuntimeError ("unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: bool = False,
@@ -95,7 +97,9 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
         method: "standard", "advprop" (the model gets dual BN) or "pgd_at".
         seed: seeds the initial weights, the shuffling and the training attack.
         cache: read and write ``cache_path(method, seed, **hp)``; False trains afresh and
-            writes nothing. An unreadable cache file is trained again and overwritten.
+            writes nothing. An unreadable cache file is trained again and overwritten; a
+            cache that cannot be written (read-only, full disk, ``$WORKBENCH_CACHE`` naming a
+            file) gets a warning, and the model trained is returned all the same.
         progress: show the training progress bar.
         **hp: hyper-parameters of :func:`workbench.defenses.train` (epochs, batch_size, lr,
             eps, alpha, steps); defaults in ``HYPERPARAMS``.
@@ -113,7 +117,8 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
         with torch_threads(1):
             train(model, x_train, y_train, method=method, seed=seed, progress=progress, **hp)
         if cache:
-            _save_weights(model, path)
+            save_cached(lambda file: _write_weights(model, file), path,
+                        what=f"digits_cnn ({method}, seed {seed})")
     model.eval()
     settings = ", ".join(f"{k} {v}" for k, v in _training_key(method, seed, hp).items()
                          if k != "method" and v is not None)

@@ -27,8 +27,20 @@ def notebooks_dir() -> Path:
 
 
 def masters(folder: Path | None = None) -> list[Path]:
-    """The master scripts, in course order."""
-    return sorted((folder or notebooks_dir()).glob(MASTER_PATTERN))
+    """The master scripts (``NN_name.py``) in ``folder`` (default :func:`notebooks_dir`), in
+    course order. FileNotFoundError when there is no such folder, or it holds no master."""
+    folder = Path(folder or notebooks_dir())
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "missing"
+        raise FileNotFoundError(
+            f"no notebooks folder at {folder}: it is {what}. Give the folder that holds the "
+            f"masters (NN_name.py), e.g. {notebooks_dir()}")
+    found = sorted(folder.glob(MASTER_PATTERN))
+    if not found:
+        raise FileNotFoundError(
+            f"no notebook masters (NN_name.py) in {folder}: give the folder that holds them, "
+            f"e.g. {notebooks_dir()}, not the generated student/ or solutions/ folders")
+    return found
 
 
 def _replace_solutions(source: str, student: bool, where: str) -> str:
@@ -97,9 +109,11 @@ def output_path(master: Path, variant: str) -> Path:
 
 
 def build(folder: Path | None = None, *, check_only: bool = False) -> list[Path]:
-    """Write (or with ``check_only``, compare) every generated notebook.
+    """Write (or with ``check_only``, compare) every generated notebook of the masters in
+    ``folder`` (default :func:`notebooks_dir`).
 
     Returns the paths that were out of date (written, unless ``check_only``).
+    FileNotFoundError when ``folder`` does not exist or holds no master (see :func:`masters`).
     """
     stale = []
     for master in masters(folder):

@@ -58,10 +58,12 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, steps: int 
 
     Args:
         model: classifier over [0, 1] images returning logits.
-        x: (N, C, H, W) images in [0, 1]; y: (N,) true labels.
+        x: (N, C, H, W) images in [0, 1], in the dtype of the model's weights (a TypeError
+            says how to convert); y: (N,) true labels.
         eps: budget in pixel units (float or (N,)), in the norm "linf" or "l2".
         steps: forward+backward passes (Croce and Hein use 100).
-        random_start: start from a random point of the ball, drawn from ``generator``.
+        random_start: start from a random point of the ball, drawn from ``generator`` (a
+            ``torch.Generator`` or None; anything else is a TypeError).
 
     Returns:
         :class:`AttackResult`: per example, the first misclassified point found (else the
@@ -71,7 +73,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, steps: int 
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    x, y, eps, _ = check_pgd_arguments(model, x, y, eps=eps, alpha=eps, steps=steps, norm=norm)
+    x, y, eps, _ = check_pgd_arguments(model, x, y, eps=eps, alpha=eps, steps=steps, norm=norm,
+                                       generator=generator)
     objective_fn = dlr_loss if loss == "dlr" else (
         lambda logits, labels: attack_objective(logits, labels, targeted=False))
     n = x.shape[0]

@@ -28,6 +28,23 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter or buffer (its weights'
+    dtype); None when it has none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_generator(generator) -> None:
+    """TypeError unless ``generator`` is None or a ``torch.Generator`` (a seed is not one)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0); got "
+            f"{type(generator).__name__} {generator!r:.40}")
+
+
 def check_eps(eps, *, name: str = "eps", norm: str = "linf") -> float:
     """``eps`` as a float, or ValueError: it must be a finite number >= 0, and at most 1 in
     L-inf (pixels are in [0, 1]: 8/255, not 8)."""
@@ -101,11 +118,24 @@ def cast_towards(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(outside, torch.nextafter(rounded, x), rounded)
 
 
+def _check_dtype(model: nn.Module, x: torch.Tensor) -> None:
+    """TypeError when x's float dtype is not the model's weights' (float64 images, from NumPy,
+    on a float32 model, say). Nothing is converted: an attack's ``x_adv`` keeps x's dtype,
+    so it must be an input the model takes."""
+    weights = model_dtype(model)
+    if weights in (None, x.dtype):
+        return
+    cast = "x.float()" if weights == torch.float32 else f"x.to({weights})"
+    raise TypeError(f"x is {str(x.dtype).removeprefix('torch.')} but the model's weights are "
+                    f"{str(weights).removeprefix('torch.')}: pass {cast}")
+
+
 def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate an image batch and its labels; return both on the model's device.
 
-    x: (N, C, H, W) float in [0, 1]. y: (N,) integer class ids (or one int when N == 1).
-    Raises ValueError naming what is wrong.
+    x: (N, C, H, W) float in [0, 1], in the dtype of the model's weights (else TypeError,
+    saying how to convert it; see :func:`_check_dtype`). y: (N,) integer class ids (or one int
+    when N == 1). Raises ValueError naming anything else that is wrong.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
@@ -114,6 +144,7 @@ def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"x must be shaped (N, C, H, W), got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
+    _check_dtype(model, x)
     if x.numel() == 0:
         raise ValueError(f"x is empty: shape {tuple(x.shape)}")
     low, high = x.min().item(), x.max().item()

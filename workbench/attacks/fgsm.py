@@ -17,7 +17,8 @@ def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     It does not depend on eps, so a slider over eps needs it once: ``x + eps * direction``.
 
     Args:
-        x: (N, C, H, W) images in [0, 1]. y: (N,) true labels, or target labels if targeted.
+        x: (N, C, H, W) images in [0, 1], in the dtype of the model's weights (a TypeError
+            says how to convert). y: (N,) true labels, or target labels if targeted.
 
     Returns:
         (N, C, H, W) tensor of -1, 0 and +1 on the model's device.
@@ -39,7 +40,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *,
 
     Args:
         model: classifier over [0, 1] images returning logits.
-        x: (N, C, H, W) float images in [0, 1].
+        x: (N, C, H, W) float images in [0, 1], in the dtype of the model's weights: float64
+            images (from NumPy, say) on a float32 model are a TypeError saying ``x.float()``.
         y: (N,) int64 class ids.
         eps: L-inf budget in pixel units, 0 <= eps <= 1 (8/255 is 8 intensity levels): a
             float, or an (N,) tensor with one budget per example.

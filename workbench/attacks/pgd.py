@@ -30,6 +30,7 @@ from workbench.attacks.core import (
     cast_towards,
     check_batch,
     check_budget,
+    check_generator,
     objective_and_gradient,
     per_example,
     success_from_logits,
@@ -120,7 +121,9 @@ def random_start_point(x: torch.Tensor, eps, norm: str,
     L-inf: uniform in the cube. L2: uniform direction, radius eps * U(0, 1). ``eps`` a float
     or (N,). Drawn in float32 on the generator's device (CPU by default) and moved to x's, so
     results match across devices. Returns a new tensor with x's dtype, device and layout.
+    TypeError when ``generator`` is not None or a ``torch.Generator`` (a seed is not one).
     """
+    check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     shape = x.shape
     if norm == "linf":
@@ -143,7 +146,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
 
     Args:
         model: classifier over [0, 1] images returning logits.
-        x: (N, C, H, W) float images in [0, 1].
+        x: (N, C, H, W) float images in [0, 1], in the dtype of the model's weights (a
+            TypeError says how to convert, e.g. float64 images from NumPy: ``x.float()``).
         y: (N,) class ids: the true labels, or the targets when ``targeted``.
         eps: budget in pixel units, a float or (N,) one per example: L-inf (<= 1, e.g.
             8/255) or L2 (e.g. 1.0 at 224 px).
@@ -152,7 +156,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
         norm: "linf" or "l2".
         targeted: push towards ``y`` instead of away from it.
         random_start: start from a random point of the ball (drawn from ``generator``).
-        generator: ``torch.Generator`` for the random start; same seed, same result.
+        generator: ``torch.Generator`` for the random start (None: torch's global one);
+            same seed, same result. Anything else, a seed say, is a TypeError.
         early_stop: an example stops moving once the attack succeeds on it (checked at the
             start and after every step) and leaves the batch the model sees.
         on_step: called after every step with a :class:`PGDStep`, e.g. to draw a live loss
@@ -168,7 +173,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
     the objective and the norms are computed in float32.
     """
     x, y, eps, alpha = check_pgd_arguments(model, x, y, eps=eps, alpha=alpha, steps=steps,
-                                           norm=norm)
+                                           norm=norm, generator=generator)
     n = x.shape[0]
     with attack_mode(model):
         x_adv = random_start_point(x, eps, norm, generator) if random_start else x.clone()
@@ -203,9 +208,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
     return AttackResult(x_adv=x_adv.detach(), success=success, loss_trace=trace)
 
 
-def check_pgd_arguments(model, x, y, *, eps, alpha, steps, norm):
-    """For PGD and the attacks built like it: validated (x, y, eps, alpha): x and y on the model's device, eps and alpha as (N,)
-    float32 tensors there. ValueError names what is wrong."""
+def check_pgd_arguments(model, x, y, *, eps, alpha, steps, norm, generator=None):
+    """For PGD and the attacks built like it: validated (x, y, eps, alpha): x and y on the
+    model's device, eps and alpha as (N,) float32 tensors there. ValueError names what is
+    wrong; TypeError for x in another dtype than the model's weights (see
+    :func:`~workbench.attacks.core.check_batch`) or a ``generator`` that is not a
+    ``torch.Generator``."""
+    check_generator(generator)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from workbench.config import get_mode
 
 URL_TIMEOUT_S = 15.0
+# The largest ``size`` load_image makes: a 4096 x 4096 image is 200 MB as float32 (and the
+# resized image before its centre crop is larger still); the models here take 224.
+MAX_SIZE = 4096
+ARRAY_KINDS = "biuf"  # NumPy dtype kinds read as pixels: bool, signed and unsigned int, float
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,25 @@ LABELLED_PHOTOS = tuple(name for name, p in SAMPLE_PHOTOS.items() if p.label is 
 
 
 def _check_size(size: int) -> int:
+    """``size`` as an int, or ValueError: a whole number of pixels from 1 to ``MAX_SIZE``,
+    refused before any image of that size is allocated."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"size must be a positive whole number of pixels, got {size!r}")
+    if size > MAX_SIZE:
+        raise ValueError(
+            f"size={size} would make a {size} x {size} image ({3 * 4 * int(size) ** 2 / 1e9:.1f} "
+            f"GB as float32): the largest size is {MAX_SIZE} pixels; the models here take 224 "
+            f"(see model.input_size)")
     return int(size)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
     array = np.asarray(array)
+    if array.dtype.kind not in ARRAY_KINDS:
+        raise TypeError(
+            f"cannot read an image from an array of dtype {array.dtype}: pass uint8 values "
+            f"(0-255) or floats in [0, 1] (bool and other integers 0-255 work too), shaped "
+            f"(H, W), (H, W, 3) or (H, W, 4)")
     if array.size == 0:
         raise ValueError(f"the image array is empty (shape {array.shape}); pass an image with "
                          f"at least one pixel, shaped (H, W), (H, W, 3) or (H, W, 4)")
@@ -79,6 +96,25 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(np.clip(array * scale, 0, 255)).astype(np.uint8))
 
 
+def _decode(source, where: str) -> Image.Image:
+    """Open and decode ``source`` (a path or a binary file object) with PIL. ValueError naming
+    ``where`` for an image over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
+    89 megapixels by default: PIL warns above it and refuses twice it), before decoding it;
+    OSError and PIL's UnidentifiedImageError propagate."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)  # reads the header only: the size, not the pixels
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(
+            f"{where} is too large to load ({err}): images over {Image.MAX_IMAGE_PIXELS:,} "
+            f"pixels (PIL's Image.MAX_IMAGE_PIXELS) are refused as possible decompression "
+            f"bombs. Shrink it first (4000 x 3000 is plenty: the models see 224 x 224), or "
+            f"crop the part you need.") from None
+    image.load()
+    return image
+
+
 def _open_path(path: Path) -> Image.Image:
     if not path.exists():
         raise FileNotFoundError(
@@ -87,12 +123,10 @@ def _open_path(path: Path) -> Image.Image:
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; pass the path of one image file in it")
     try:
-        image = Image.open(path)
-        image.load()
+        return _decode(path, str(path))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path} is not a readable image ({err}); pass a PNG, JPEG, GIF, BMP "
                          f"or WebP file") from None
-    return image
 
 
 def _open_url(url: str) -> Image.Image:
@@ -107,19 +141,18 @@ def _open_url(url: str) -> Image.Image:
         raise ValueError(f"could not download {url} ({type(err).__name__}: {err}); download "
                          f"it yourself and pass the file's path") from None
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        return _decode(io.BytesIO(data), url)
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{url} did not return a readable image ({err})") from None
-    return image
 
 
 def to_pil(src) -> Image.Image:
     """Any supported source as an RGB PIL image, EXIF orientation applied.
 
     ``src``: a path (str or os.PathLike), an http(s) URL (full mode), a PIL image, a NumPy
-    array (H, W), (H, W, 3), (H, W, 4) or (C, H, W), uint8 or float in [0, 1], or a torch
-    tensor (3, H, W) / (H, W) in [0, 1].
+    array (H, W), (H, W, 3), (H, W, 4) or (C, H, W), uint8 or float in [0, 1] (TypeError for
+    other dtypes: complex, str, object), or a torch tensor (3, H, W) / (H, W) in [0, 1].
+    Files and URLs over PIL's decompression-bomb limit are a ValueError (see :func:`_decode`).
     """
     if isinstance(src, Image.Image):
         image = src
@@ -162,8 +195,10 @@ def load_image(src, size: int = 224):
         Tensor (3, size, size), float32 in [0, 1]. Add a batch dimension with ``x[None]``.
 
     Raises:
-        FileNotFoundError: no file at the path. ValueError: not an image, an empty or
-        malformed array, a URL in lite mode. TypeError: an unsupported source type.
+        FileNotFoundError: no file at the path. ValueError: not an image, a file over PIL's
+        decompression-bomb limit, an empty or malformed array, a URL in lite mode, ``size``
+        over ``MAX_SIZE`` (refused before anything is allocated). TypeError: an unsupported
+        source type or array dtype.
     """
     import torch
 

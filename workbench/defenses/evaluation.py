@@ -3,6 +3,10 @@
 Every function runs the model in eval mode and restores its mode afterwards. Attacks are
 untargeted and L-inf, with eps in pixel units (images in [0, 1]); PGD's random starts are
 drawn from a generator seeded with ``seed``, so the same call gives the same number.
+
+Images are in the dtype of the model's weights: x in another one (float64 images from NumPy on
+a float32 model, say) is a TypeError saying how to convert it (``x.float()``), as in the
+attacks (:func:`workbench.attacks.core.check_batch`); nothing is converted silently.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     APGD-CE and APGD-DLR (``apgd_steps`` steps; DLR needs 3 classes or more), each from
     ``restarts`` random starts drawn from a generator seeded with ``seed``. Never more than
     the accuracy under PGD alone on the same examples. The model runs in eval mode and its
-    mode is restored.
+    mode is restored. x in another dtype than the model's weights is a TypeError saying how
+    to convert it (``x.float()`` for float64 images on a float32 model).
     """
     eps = check_eps(eps, norm=norm)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:

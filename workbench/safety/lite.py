@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import unicodedata
 import warnings
 from collections import OrderedDict
@@ -51,7 +50,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from workbench.config import cache_dir, torch_threads
+from workbench.config import torch_threads
+from workbench.cache import cache_file, save_cached
 from workbench.safety.examples import FILES, SafetyExample, template_split
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import (END_OF_TURN, START_OF_TURN, drop_neutralised_markers,
@@ -290,7 +290,7 @@ def cache_path(seed: int) -> Path:
            "train": _file_digest(), "keras": metadata.version("keras"),
            "keras_hub": metadata.version("keras-hub")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "shieldgemma-lite" / f"seed{seed}-{digest}.weights.h5"
+    return cache_file("shieldgemma-lite", f"seed{seed}-{digest}.weights.h5")
 
 
 def build_lite_scorer(seed: int, encoder: MiniLMEncoder | None = None) -> LiteScorer:
@@ -380,7 +380,9 @@ def load_lite_scorer(seed: int = 0, *, cache: bool = True, progress: bool = True
     """The lite scorer trained from ``seed`` on ``template_split(seed)``'s training part:
     loaded from :func:`cache_path` if there, else trained (with a progress bar) and
     saved. ``cache=False`` trains afresh and writes nothing; an unreadable cache file is
-    trained again and overwritten."""
+    trained again and overwritten; a cache that cannot be written (read-only, full disk,
+    ``$WORKBENCH_CACHE`` naming a file) gets a warning, and the scorer trained is returned
+    all the same (:func:`workbench.cache.save_cached`)."""
     scorer = build_lite_scorer(seed)
     path = cache_path(seed)
     if cache and path.is_file():
@@ -396,8 +398,5 @@ def load_lite_scorer(seed: int = 0, *, cache: bool = True, progress: bool = True
     with torch_threads(TRAINING_THREADS):
         train_lite(scorer, train, seed=seed, progress=progress)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.weights.h5")
-        scorer.model.save_weights(partial)
-        os.replace(partial, path)
+        save_cached(scorer.model.save_weights, path, what=f"lite ShieldGemma (seed {seed})")
     return scorer

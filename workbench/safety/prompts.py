@@ -85,10 +85,25 @@ class PromptParts(NamedTuple):
         return self.head + self.user_block + self.tail
 
 
+def check_unicode(name: str, text: str) -> None:
+    """ValueError when ``text`` holds a surrogate code point (U+D800-U+DFFF, e.g. "\\ud800"
+    from a JSON escape or a file decoded with ``errors="surrogateescape"``): that is not valid
+    Unicode, and no tokenizer can encode it. The message says where and how to fix it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name} has an unpaired surrogate {text[err.start]!r} at position {err.start}: it "
+            f"is not valid Unicode text. Fix the text where it comes from, or replace such "
+            f"characters: text.encode('utf-8', 'replace').decode()") from None
+
+
 def _checked_content(name: str, value: object) -> str:
-    """``value`` stripped of surrounding whitespace; ValueError if not a non-blank str."""
+    """``value`` stripped of surrounding whitespace; ValueError if not a non-blank str of
+    valid Unicode (:func:`check_unicode`)."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a str, got {type(value).__name__}")
+    check_unicode(name, value)
     text = value.strip()
     if not text:
         raise ValueError(f"{name} is empty or whitespace only; ShieldGemma needs text to classify")
@@ -176,7 +191,8 @@ def prompt_parts(harm_type: HarmType | str, user_content: str,
     The use case is prompt-only when ``model_content`` is None, else prompt-response. Leading
     and trailing whitespace of both contents is dropped (as the model card's example does), and
     the special tokens in them are broken by :func:`neutralise_markers`. Raises ValueError for
-    an unknown harm type and for empty, blank or non-str content.
+    an unknown harm type, for empty, blank or non-str content, and for content holding an
+    unpaired surrogate (not valid Unicode: :func:`check_unicode`).
     """
     harm = parse_harm_type(harm_type)
     user = neutralise_markers(_checked_content("user_content", user_content))

@@ -33,7 +33,7 @@ import numpy as np
 
 from workbench.config import cuda_available, quiet_native_stderr
 from workbench.safety.policies import HarmType
-from workbench.safety.prompts import make_prompt, parse_prompt
+from workbench.safety.prompts import check_unicode, make_prompt, parse_prompt
 
 SHIELDGEMMA_PRESETS = ("shieldgemma_2b_en", "shieldgemma_9b_en", "shieldgemma_27b_en")
 FULL_SEQUENCE_LENGTH = 1024
@@ -159,7 +159,9 @@ class SafetyScorer:
         raise NotImplementedError
 
     def token_ids(self, text: str) -> np.ndarray:
-        """int [n]: the tokenizer's ids of ``text`` alone, without ``<bos>``."""
+        """int [n]: the tokenizer's ids of ``text`` alone, without ``<bos>``; ValueError for
+        text that is not valid Unicode (:func:`~workbench.safety.prompts.check_unicode`)."""
+        check_unicode("text", text)
         ids = self.tokenizer.tokenize(text)
         return np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype="int64")
 
@@ -255,12 +257,14 @@ class SafetyScorer:
         """``prompt`` encoded; if longer than ``sequence_length``, its user content is cut
         (with a warning) so that the policy, the question and the instruction stay whole.
 
-        ValueError if the prompt is empty, or too long and cannot be cut enough.
+        ValueError if the prompt is empty, not valid Unicode (an unpaired surrogate: see
+        :func:`~workbench.safety.prompts.check_unicode`), or too long and cannot be cut enough.
         """
         if not isinstance(prompt, str):
             raise ValueError(f"prompt {index} is a {type(prompt).__name__}, not a str; build "
                              "prompts with make_prompt(harm_type, user_content, "
                              "model_content=None)")
+        check_unicode(f"prompt {index}", prompt)
         if not prompt.strip():
             raise ValueError(f"prompt {index} is empty or whitespace only; build prompts with "
                              "make_prompt(harm_type, user_content, model_content=None)")

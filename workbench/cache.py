@@ -1,0 +1,86 @@
+"""Files the workbench computes once and keeps: trained lite models under ``cache_dir()``.
+
+A cache that cannot be written (a read-only folder, a full disk, ``$WORKBENCH_CACHE`` naming a
+file) never costs the work already done: :func:`save_cached` warns and the caller goes on with
+the model it trained, in memory. Nothing here imports torch or keras: callers pass the function
+that writes their file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from workbench.config import cache_dir
+
+CACHE_ENV = "WORKBENCH_CACHE"  # read by workbench.config.cache_dir
+
+
+def cache_file(folder: str, name: str) -> Path:
+    """``cache_dir() / folder / name``: where a computed file is kept. Creates no file or
+    folder but the cache's own (``cache_dir()`` does).
+
+    When ``$WORKBENCH_CACHE`` names a file, or a folder that cannot be created, the same path
+    below it all the same: nothing can be loaded from there, and :func:`save_cached` warns
+    that it cannot write it. OSError, saying to set ``$WORKBENCH_CACHE``, when the default
+    folder (``~/.cache/workbench``) cannot be created.
+    """
+    try:
+        root = cache_dir()
+    except OSError as err:
+        configured = os.environ.get(CACHE_ENV)
+        if not configured:
+            raise OSError(err.errno, f"cannot create the workbench cache folder "
+                          f"({err.strerror}): set {CACHE_ENV} to a writable folder",
+                          err.filename) from err
+        root = Path(configured)
+    return root / folder / name
+
+
+def _partial_path(path: Path) -> Path:
+    """The temporary file :func:`save_cached` writes before renaming it onto ``path``: next to
+    it, with this process's id and the same suffixes (``seed0-ab12.weights.h5`` ->
+    ``seed0-ab12.<pid>.tmp.weights.h5``), so a writer that checks the extension accepts it."""
+    stem, dot, suffixes = path.name.partition(".")
+    return path.with_name(f"{stem}.{os.getpid()}.tmp{dot}{suffixes}")
+
+
+def _write_whole(write: Callable[[Path], None], path: Path) -> None:
+    """``write`` a temporary file, then rename it onto ``path``: ``path`` is either the old
+    file or the whole new one, and the temporary file is gone whatever happens."""
+    partial = _partial_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):  # renamed, never created, or its folder is gone
+            partial.unlink(missing_ok=True)
+
+
+def save_cached(write: Callable[[Path], None], path: Path, *, what: str) -> None:
+    """Save a trained model to the cache file ``path``, all or nothing.
+
+    Args:
+        write: ``write(file)`` writes the model to ``file`` (a temporary file next to
+            ``path``, renamed onto it once written).
+        path: the cache file, e.g. from :func:`cache_file`; its folder is created.
+        what: the model in a few words, for the warning ("digits_cnn (standard, seed 0)").
+
+    When the folder cannot be created or the file cannot be written (read-only folder, full
+    disk, ``$WORKBENCH_CACHE`` naming a file: any OSError), no partial file is left and a
+    UserWarning says what could not be saved, where, why, and to set ``$WORKBENCH_CACHE`` to a
+    writable folder; the caller goes on with the model in memory (the next run trains it
+    again). Other errors propagate, also leaving no partial file.
+    """
+    try:
+        _write_whole(write, path)
+    except OSError as err:
+        warnings.warn(
+            f"could not save the trained {what} to {path} ({err}). It is kept in memory for "
+            f"this run, but the next run will train it again: to keep trained models, set "
+            f"{CACHE_ENV} to a writable folder (export {CACHE_ENV}=/path/to/folder).",
+            UserWarning, stacklevel=3)
