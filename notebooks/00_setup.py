@@ -104,7 +104,9 @@ for pred in top_k(probs, model.categories, k=3):
 # !workbench grade student/02_fgsm.ipynb
 # ```
 #
-# It runs the notebook top to bottom in lite mode in a fresh kernel, with a time limit per
-# cell and for the whole notebook, then runs every check of every exercise on your functions
-# in a separate process (an endless loop is stopped, not waited for), prints a table, and
-# exits with status 0 only when everything passes. `--json` prints the same as JSON.
+# It runs the notebook top to bottom in lite mode in a fresh kernel, in a scratch copy of its
+# folder, with a time limit per cell and for the whole notebook, then runs every check of every
+# exercise on your functions: each call runs in that kernel, with what your earlier cells
+# defined, while the package's own answer to the exercise is switched off (an endless loop is
+# stopped after one check's time limit, not waited for). It prints a table and exits with
+# status 0 only when everything passes. `--json` prints the same as JSON.

@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from workbench.attacks import fgsm_direction
 from workbench.config import start
 from workbench.data import LABELLED_PHOTOS, photo_batch, sample_image
 from workbench.exercises import check
@@ -201,6 +200,8 @@ check("sweep_eps", sweep_eps)
 # scales it (the same numbers as your `fgsm`, six times fewer backward passes).
 
 # %%
+from workbench.attacks import fgsm_direction  # here, after the exercises it would answer
+
 epsilons = [level / 255 for level in (0, 1, 2, 4, 8, 16)]
 runs = []
 for seed in (0, 1, 2):

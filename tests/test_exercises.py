@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from conftest import assert_named
 from workbench.attacks import fgsm as reference_fgsm
 from workbench.exercises import check, get_exercise, run_checks
-from workbench.exercises.grader import learner_source
 from workbench.exercises.nb02_fgsm import (FGSM_MISTAKES, diagnose_fgsm, diagnose_sweep,
                                            reference_sweep_eps)
 
@@ -275,22 +274,3 @@ def test_check_prints_a_summary(capsys):
     assert "8/8 checks passed" in out and "FAIL" in out and "clamp" in out
 
 
-def test_learner_source_takes_imports_and_the_last_definition():
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("%matplotlib inline\nimport torch\nmodel = load()"),
-        nbformat.v4.new_code_cell("def fgsm(model, x, y, eps, *, targeted=False):\n    return 1"),
-        nbformat.v4.new_code_cell("import math\nSCALE = 2\ndef fgsm(model, x, y, eps, *, "
-                                  "targeted=False):\n    return 2\nprint(model)"),
-    ])
-    source = learner_source(notebook, "fgsm")
-    namespace = {}
-    exec(source, namespace)
-    assert namespace["fgsm"](None, None, None, 0) == 2
-    assert "torch" in namespace and namespace["SCALE"] == 2
-    assert "print(model)" not in source and "load()" not in source
-
-
-def test_learner_source_without_the_function_says_so():
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("def fgsm2(): pass")])
-    with pytest.raises(ValueError, match="no cell defines `def fgsm"):
-        learner_source(notebook, "fgsm")

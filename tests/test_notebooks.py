@@ -126,47 +126,6 @@ def test_fgsm_student_notebook_grades_as_failing():
     assert "0/13 passed: FAIL" in done.stdout
 
 
-def _learner_notebook(tmp_path, fgsm_cell: str) -> Path:
-    """A small notebook claiming to be 02_fgsm, with the learner's fgsm and sweep_eps."""
-    cells = [
-        nbformat.v4.new_code_cell("import torch\nimport torch.nn.functional as F"),
-        nbformat.v4.new_code_cell(fgsm_cell),
-        nbformat.v4.new_code_cell(
-            "def sweep_eps(model, x, y, epsilons, attack):\n"
-            "    from workbench.exercises.nb02_fgsm import reference_sweep_eps\n"
-            "    return reference_sweep_eps(model, x, y, epsilons, attack)"),
-    ]
-    notebook = nbformat.v4.new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    path = tmp_path / "02_fgsm.ipynb"
-    nbformat.write(notebook, path)
-    return path
-
-
-@pytest.mark.notebook
-def test_grader_stops_an_endless_loop_and_ignores_tampering(tmp_path):
-    # The learner's fgsm loops forever, and their cell tries to switch the checks off, both
-    # at the top of the cell and from inside the function.
-    cell = ("import workbench.exercises.core as core\n"
-            "core.EXERCISES.clear()\n"
-            "def fgsm(model, x, y, eps, *, targeted=False):\n"
-            "    core.run_checks_list = lambda *a, **k: []\n"
-            "    while True:\n"
-            "        pass\n")
-    path = _learner_notebook(tmp_path, cell)
-    start = time.monotonic()
-    from workbench.exercises.grader import grade
-
-    report = grade(path, cell_timeout=60, total_timeout=120, check_timeout=3.0)
-    assert time.monotonic() - start < 100
-    fgsm_checks = [r for r in report.results if r.exercise == "fgsm"]
-    assert len(fgsm_checks) == 8 and not any(r.passed for r in fgsm_checks)
-    assert all("loop forever" in r.message for r in fgsm_checks)
-    assert all(r.passed for r in report.results if r.exercise == "sweep_eps")
-    assert not report.passed
-
-
 def test_the_grade_commands_of_notebook_00_name_files_that_exist():
     # A terminal runs from the repository's folder; a notebook cell's `!` from notebooks/.
     import re

@@ -84,8 +84,12 @@ def run(args) -> int:
     if not path.is_file():
         print(f"error: no notebook at {path}", file=sys.stderr)
         return 2
-    ran, message = execute_notebook(path, cell_timeout=args.cell_timeout,
-                                    total_timeout=args.timeout)
+    try:
+        ran, message = execute_notebook(path, cell_timeout=args.cell_timeout,
+                                        total_timeout=args.timeout)
+    except ValueError as err:  # not a notebook
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{path}: " + ("ran top to bottom in lite mode" if ran else message))
     return 0 if ran else 1
 
@@ -94,7 +98,11 @@ def build(args) -> int:
     """Write notebooks/student/ and notebooks/solutions/ from the masters."""
     from workbench.notebooks import build as build_notebooks
 
-    stale = build_notebooks(Path(args.dir) if args.dir else None, check_only=args.check)
+    try:
+        stale = build_notebooks(Path(args.dir) if args.dir else None, check_only=args.check)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for path in stale:
         print(f"{'out of date' if args.check else 'wrote'}: {path}")
     if args.check and stale:
@@ -106,17 +114,44 @@ def build(args) -> int:
 
 
 def grade(args) -> int:
-    """Run a notebook in lite mode and check its exercises; exit 0 only when all pass."""
-    from workbench.exercises.grader import grade as grade_notebook
+    """Grade one or many notebooks (files or folders); print a table, or the report as JSON,
+    and write a gradebook when asked. Exit 0 only when every submission passes."""
+    from workbench.exercises.grader import grade_all, write_gradebook
+
+    many = len(args.notebooks) > 1 or any(Path(p).is_dir() for p in args.notebooks)
+
+    def progress(report) -> None:
+        if many:
+            passed = sum(r.passed for r in report.results)
+            print(f"graded {report.notebook}: {report.status}, {passed}/{len(report.results)} "
+                  f"checks passed", file=sys.stderr, flush=True)
 
     try:
-        report = grade_notebook(args.notebook, cell_timeout=args.cell_timeout,
-                                total_timeout=args.timeout)
+        reports = grade_all(args.notebooks, jobs=args.jobs, cell_timeout=args.cell_timeout,
+                            total_timeout=args.timeout, check_timeout=args.check_timeout,
+                            as_notebook=args.as_notebook, on_report=progress)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
-    return 0 if report.passed else 1
+    except KeyboardInterrupt:
+        print("interrupted: every kernel was stopped and the temporary files removed",
+              file=sys.stderr)
+        return 130
+    if not reports:
+        print("error: no notebooks (.ipynb) to grade there", file=sys.stderr)
+        return 2
+    if args.gradebook:
+        for path in write_gradebook(reports, Path(args.gradebook)):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        data = [r.as_dict() for r in reports]
+        print(json.dumps(data if many else data[0], indent=2))
+    else:
+        for report in reports:
+            if many:
+                print(f"\n== {report.notebook} ({report.status})")
+            print(report.table() if report.status == "graded" else report.run_message)
+    return 0 if all(r.passed for r in reports) else 1
 
 
 def experiment(args) -> int:
@@ -128,6 +163,29 @@ def experiment(args) -> int:
     result = run_experiment(**kwargs)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
+
+
+def _seconds(value: str) -> float:
+    """A time limit: a positive number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"a time limit is a positive number of seconds, got "
+                                         f"{value}")
+    return seconds
+
+
+def _jobs(value: str) -> int:
+    """--jobs: a whole number, at least 1."""
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"--jobs is a whole number, at least 1, got {value}")
+    return jobs
 
 
 def _seed(value: str) -> int:
@@ -149,13 +207,27 @@ def main(argv: list[str] | None = None) -> int:
                                    "jupyter lab, e.g. --no-browser --port 8890)")
     p.set_defaults(fn=lab)
     for name, fn, text in (("run", run, "execute a notebook in lite mode"),
-                           ("grade", grade, "grade a notebook's exercises")):
+                           ("grade", grade, "grade notebooks' exercises: files, or folders of "
+                                            "submissions")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("notebook")
-        p.add_argument("--cell-timeout", type=int, default=300, help="seconds per cell")
-        p.add_argument("--timeout", type=int, default=1200, help="seconds for the notebook")
+        if name == "run":
+            p.add_argument("notebook")
+        else:
+            p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK_OR_FOLDER")
+        p.add_argument("--cell-timeout", type=_seconds, default=300, help="seconds per cell")
+        p.add_argument("--timeout", type=_seconds, default=1200,
+                       help="seconds for the notebook to run")
         if name == "grade":
-            p.add_argument("--json", action="store_true", help="print the report as JSON")
+            p.add_argument("--check-timeout", type=_seconds, default=60,
+                           help="seconds per check of an exercise")
+            p.add_argument("--jobs", type=_jobs, default=1,
+                           help="submissions graded at once (each in its own processes)")
+            p.add_argument("--gradebook", metavar="FOLDER",
+                           help="write gradebook.csv and gradebook.json there")
+            p.add_argument("--as", dest="as_notebook", metavar="NOTEBOOK",
+                           help="grade every submission as this course notebook (e.g. 02_fgsm) "
+                                "when neither its metadata nor its name says")
+            p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
         p.set_defaults(fn=fn)
     p = sub.add_parser("build", help="write student and solution notebooks")
     p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")

@@ -30,6 +30,40 @@ class CheckTimedOut(CheckFailed):
     """The learner's function did not return within the check's time limit."""
 
 
+class LearnerRaised(Exception):
+    """The learner's function, run in their kernel by the grader, raised ``type_name``;
+    ``where`` says in which cell and line."""
+
+    def __init__(self, type_name: str, message: str, where: str = ""):
+        super().__init__(message)
+        self.type_name, self.where = type_name, where
+
+    def describe(self) -> str:
+        return (f"your function raised {self.type_name}: {self.args[0]}"
+                + (f" ({self.where})" if self.where else ""))
+
+
+class Spy:
+    """A function a check hands to the learner's function, which records the eps of every
+    call: ``Spy(respond)`` calls ``respond(model, x, y, eps)``; ``Spy()`` returns ``x``
+    unchanged. A module-level ``respond`` keeps it picklable, so the grader can send it to the
+    learner's kernel, and its calls come back (``__workbench_state__``)."""
+
+    def __init__(self, respond: Callable | None = None):
+        self.respond = respond
+        self.calls: list[float] = []
+
+    def __call__(self, model, x, y, eps):
+        self.calls.append(float(eps))
+        return x.clone() if self.respond is None else self.respond(model, x, y, eps)
+
+    def __workbench_state__(self) -> list[float]:
+        return list(self.calls)
+
+    def __workbench_restore__(self, calls) -> None:
+        self.calls = [float(c) for c in calls]
+
+
 @dataclass
 class Exercise:
     """An exercise: the function the learner writes and the checks it must pass."""
@@ -39,6 +73,9 @@ class Exercise:
     function: str
     title: str
     checks: list[tuple[str, Callable]] = field(default_factory=list)
+    # Dotted paths of the package's own answers to this exercise, switched off while the
+    # grader calls the learner's function (an answer that only calls them fails).
+    references: tuple[str, ...] = ()
 
 
 @dataclass
@@ -56,15 +93,18 @@ class CheckResult:
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(name: str, *, notebook: str, title: str, function: str | None = None):
+def exercise(name: str, *, notebook: str, title: str, function: str | None = None,
+             references: tuple[str, ...] = ()):
     """Register an exercise; returns a decorator that adds checks to it, in order::
 
-        fgsm_exercise = exercise("fgsm", notebook="02_fgsm", title="FGSM")
+        fgsm_exercise = exercise("fgsm", notebook="02_fgsm", title="FGSM",
+                                 references=("workbench.attacks.fgsm.fgsm",))
 
         @fgsm_exercise.check("moves every pixel by exactly eps")
         def _(fgsm): ...
     """
-    ex = EXERCISES.setdefault(name, Exercise(name, notebook, function or name, title))
+    ex = EXERCISES.setdefault(name, Exercise(name, notebook, function or name, title,
+                                             references=tuple(references)))
 
     class _Registrar:
         exercise = ex
@@ -186,20 +226,38 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+_check_deadline = float("inf")  # time.monotonic() by which the running check must end
+
+
+def time_left() -> float:
+    """Seconds left for the running check (a call in the learner's kernel waits no longer)."""
+    return _check_deadline - time.monotonic()
+
+
+# A function served from the learner's kernel stops its own calls at the check's deadline;
+# the alarm is then only a safety net for the grader's side.
+REMOTE_GRACE_S = 30.0
+
+
 def run_checks_list(name: str, checks: list[tuple[str, Callable]], fn: Callable, *,
                     timeout: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
     """Run the given (description, check) pairs on ``fn``, each within ``timeout`` seconds."""
+    global _check_deadline
     results = []
+    alarm = timeout + (REMOTE_GRACE_S if getattr(fn, "served_from_kernel", False) else 0.0)
     for description, check_fn in checks:
         start = time.perf_counter()
+        _check_deadline = time.monotonic() + timeout
         try:
-            with time_limit(timeout):
+            with time_limit(alarm):
                 check_fn(fn)
         except CheckFailed as failure:
             results.append(CheckResult(name, description, False, str(failure)))
         except NotImplementedError:
             results.append(CheckResult(name, description, False,
                                        "not implemented yet: replace `raise NotImplementedError`"))
+        except LearnerRaised as err:  # in the learner's kernel: it says where
+            results.append(CheckResult(name, description, False, err.describe()))
         except Exception as err:  # the learner's code crashed: show where
             frames = traceback.extract_tb(err.__traceback__)
             where = next((f"line {f.lineno} of {f.name}" for f in reversed(frames)
@@ -209,6 +267,8 @@ def run_checks_list(name: str, checks: list[tuple[str, Callable]], fn: Callable,
                                        + (f" ({where})" if where else "")))
         else:
             results.append(CheckResult(name, description, True))
+        finally:
+            _check_deadline = float("inf")
         results[-1].seconds = round(time.perf_counter() - start, 3)
     return results
 

@@ -25,7 +25,8 @@ from workbench.safety.prompts import END_OF_TURN, PREAMBLES, QUESTIONS, START_OF
 
 prompt_exercise = exercise("make_prompt", notebook="01_shieldgemma",
                            title="ShieldGemma's prompt, make_prompt(harm_type, user_content, "
-                                 "model_content=None)")
+                                 "model_content=None)",
+                           references=("workbench.safety.prompts.make_prompt",))
 
 WORDS = ("how", "do", "I", "bake", "bread", "tell", "me", "about", "the", "moon", "my", "cat",
          "likes", "boxes", "write", "a", "poem", "on", "rain", "why", "is", "sky", "blue",
@@ -157,7 +158,8 @@ def _strips(make_prompt):
 
 yes_exercise = exercise("yes_probability", notebook="01_shieldgemma",
                         title="P(Yes) at each row's last real token, "
-                              "yes_probability(logits, padding_mask, yes_id, no_id)")
+                              "yes_probability(logits, padding_mask, yes_id, no_id)",
+                        references=("workbench.safety.scoring.yes_probability",))
 
 
 def random_case(seed: int, lengths: list[int], *, left: bool = False, vocabulary: int = 40,

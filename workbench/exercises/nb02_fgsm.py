@@ -23,7 +23,7 @@ from torch import nn
 
 from workbench.attacks import fgsm as reference_fgsm
 from workbench.defenses.evaluation import accuracy_and_confidence_curve as reference_sweep_eps
-from workbench.exercises.core import (SMALL_IMAGE_SHAPE, CheckFailed, as_tensor, diagnosed,
+from workbench.exercises.core import (SMALL_IMAGE_SHAPE, CheckFailed, Spy, as_tensor, diagnosed,
                                       exercise, known_mistake)
 
 NUM_PIXELS = math.prod(SMALL_IMAGE_SHAPE)
@@ -69,7 +69,9 @@ def _lite_case():
 
 # ----------------------------------------------------------------------------- fgsm
 
-fgsm_exercise = exercise("fgsm", notebook="02_fgsm", title="FGSM, fgsm(model, x, y, eps)")
+fgsm_exercise = exercise("fgsm", notebook="02_fgsm", title="FGSM, fgsm(model, x, y, eps)",
+                         references=("workbench.attacks.fgsm.fgsm",
+                                     "workbench.attacks.fgsm.fgsm_direction"))
 
 
 def _closed_form_case(seed: int):
@@ -346,7 +348,10 @@ def _lite_model(fgsm):
 # ----------------------------------------------------------------------------- sweep_eps
 
 sweep_exercise = exercise("sweep_eps", notebook="02_fgsm",
-                          title="accuracy and confidence vs epsilon, sweep_eps(...)")
+                          title="accuracy and confidence vs epsilon, sweep_eps(...)",
+                          references=(
+                              "workbench.defenses.evaluation.accuracy_and_confidence_curve",
+                              "workbench.defenses.evaluation.accuracy_and_confidence"))
 
 SWEEP_IGNORES_ATTACK = ("the attack was never called: call attack(model, x, y, eps) once per "
                         "eps (not fgsm directly)")
@@ -381,6 +386,11 @@ def _top_class_confidence(model, x, y, epsilons) -> torch.Tensor:
                             for e in epsilons])
 
 
+def _fgsm_at_any_scale(model, x, y, eps):
+    """FGSM with eps clamped to [0, 1], so that an eps 255 times too large still runs."""
+    return reference_fgsm(model, x, y, min(max(float(eps), 0.0), 1.0))
+
+
 def diagnose_sweep(sweep_eps) -> str | None:
     """The known mistake ``sweep_eps`` makes, as the message every failing check of the
     exercise gives, or None when it makes none of them."""
@@ -389,13 +399,9 @@ def diagnose_sweep(sweep_eps) -> str | None:
     with torch.no_grad():
         y = model(x).argmax(1)  # all correct at eps = 0
     epsilons = [0.0, 0.02, 0.1, 0.3]
-    calls = []
-
-    def attack(m, x_, y_, eps):  # FGSM, also at the wrong scale: the calls say what went wrong
-        calls.append(float(eps))
-        return reference_fgsm(m, x_, y_, min(max(float(eps), 0.0), 1.0))
-
+    attack = Spy(_fgsm_at_any_scale)  # its calls say what went wrong
     result = sweep_eps(model, x, y, epsilons, attack)
+    calls = attack.calls
     if not calls:
         return SWEEP_IGNORES_ATTACK
     if len(calls) == len(epsilons):
@@ -447,14 +453,10 @@ def _sweep_shape(sweep_eps):
 
 @sweep_exercise.check("calls the attack it is given, once per epsilon, in order")
 def _sweep_uses_attack(sweep_eps):
-    calls = []
-
-    def spy(model, x, y, eps):
-        calls.append(float(eps))
-        return x.clone()
-
+    spy = Spy()  # returns x unchanged
     epsilons = [0.0, 0.01, 0.03]
     sweep_eps(small_net(21), _random_images(21), torch.tensor([0, 1, 2, 3]), epsilons, spy)
+    calls = spy.calls
     if calls != epsilons:
         raise _sweep_fail(sweep_eps, SWEEP_IGNORES_ATTACK if not calls else (
             f"the attack was called with eps {calls}, expected {epsilons}: call "

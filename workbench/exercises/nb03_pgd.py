@@ -50,7 +50,10 @@ def _signs(seed: int, n: int = 2) -> torch.Tensor:
 
 
 step_exercise = exercise("pgd_linf_step", notebook="03_pgd",
-                         title="one L-inf PGD step, pgd_linf_step(x_adv, x, grad, alpha=, eps=)")
+                         title="one L-inf PGD step, pgd_linf_step(x_adv, x, grad, alpha=, eps=)",
+                         references=("workbench.attacks.pgd.pgd_step",
+                                     "workbench.attacks.pgd.ascent_step",
+                                     "workbench.attacks.pgd.project"))
 
 ADDED = ("you added the clipped perturbation to x_adv, x_adv + delta, the codelab's bug: it "
          "walks out of the ball. Assign it instead, x + delta, with delta = clamp(x_adv + "
@@ -215,7 +218,8 @@ def _step_keeps_x(pgd_linf_step):
 # ----------------------------------------------------------------------------- L2 projection
 
 l2_exercise = exercise("project_l2", notebook="03_pgd",
-                       title="projection onto the L2 ball, project_l2(delta, eps)")
+                       title="projection onto the L2 ball, project_l2(delta, eps)",
+                       references=("workbench.attacks.pgd.project",))
 
 ALWAYS_RESCALED = ("every example now has norm eps, also those that were inside the ball: use "
                    "the factor min(1, eps / norm), don't always rescale")
@@ -302,7 +306,8 @@ def _l2_zero(project_l2):
 # ----------------------------------------------------------------------------- targeted objective
 
 targeted_exercise = exercise("targeted_objective", notebook="03_pgd",
-                             title="the targeted objective, targeted_objective(logits, target)")
+                             title="the targeted objective, targeted_objective(logits, target)",
+                             references=("workbench.attacks.core.attack_objective",))
 
 OBJECTIVE_ON_PROBABILITIES = (
     "you passed probabilities (softmax) to F.cross_entropy, which takes logits and applies the "
@@ -414,7 +419,8 @@ def _targeted_from_logits(targeted_objective):
 
 advprop_exercise = exercise("advprop_loss", notebook="03_pgd",
                             title="AdvProp's dual-BatchNorm loss, advprop_loss(model, x_clean, "
-                                  "x_adv, y)")
+                                  "x_adv, y)",
+                            references=("workbench.defenses.advprop.advprop_loss",))
 
 ALL_MAIN = ("the adversarial batch went through the main BatchNorm: run its forward pass inside "
             "`with auxiliary_bn(model):`")
