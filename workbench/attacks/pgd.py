@@ -123,19 +123,32 @@ def random_start_point(x: torch.Tensor, eps, norm: str,
     results match across devices. Returns a new tensor with x's dtype, device and layout.
     TypeError when ``generator`` is not None or a ``torch.Generator`` (a seed is not one).
     """
+    delta = random_in_ball(x, eps, norm, generator)
+    start = (x.to(work_dtype(x.dtype)) + delta).clamp(0.0, 1.0)
+    return torch.empty_like(x).copy_(cast_towards(start, x))
+
+
+def random_in_ball(like: torch.Tensor, eps, norm: str,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random offset in the eps-ball, one per example, shaped like ``like`` (N, ...).
+
+    L-inf: uniform in the cube. L2: uniform direction, radius eps * U(0, 1). ``eps`` a float
+    or (N,). Drawn in float32 on the generator's device (CPU by default), returned float32 on
+    ``like``'s device, so results match across devices. The ball is over all of an example's
+    dimensions, so it serves images and hidden activations alike.
+    """
     check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    shape = x.shape
+    shape = like.shape
     if norm == "linf":
         delta = torch.rand(shape, generator=generator, device=gen_device) * 2 - 1
     else:
         direction = torch.randn(shape, generator=generator, device=gen_device)
-        radius = torch.rand((shape[0], *([1] * (x.dim() - 1))), generator=generator,
+        radius = torch.rand((shape[0], *([1] * (like.dim() - 1))), generator=generator,
                             device=gen_device)
         delta = direction / l2_norms(direction) * radius
-    delta = delta.to(x.device) * per_example(eps, delta.to(x.device))
-    start = (x.to(work_dtype(x.dtype)) + delta).clamp(0.0, 1.0)
-    return torch.empty_like(x).copy_(cast_towards(start, x))
+    delta = delta.to(like.device)
+    return delta * per_example(eps, delta)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps: int,

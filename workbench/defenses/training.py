@@ -17,6 +17,7 @@ gives the same weights.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,25 +88,46 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *, met
     if method == "advprop" and not any(isinstance(m, DualBatchNorm2d) for m in model.modules()):
         raise ValueError("AdvProp needs a model with DualBatchNorm2d layers (an auxiliary BN "
                          "for the adversarial examples): build it with digits_cnn(dual_bn=True)")
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
     steps = _check_positive_int(steps, "steps")
     eps = check_eps(eps)
     alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, name="alpha")
+    attack = dict(eps=eps, alpha=alpha, steps=steps)
+
+    def batch_loss(model, x, y, generator):
+        return _batch_loss(method, model, x, y, generator=generator, **attack)
+
+    return fit(model, x_train, y_train, batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
+               seed=seed, progress=progress, name=method)
+
+
+def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+        batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator],
+                             torch.Tensor], *,
+        epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, lr: float = LR, seed: int = 0,
+        progress: bool = True, name: str = "") -> dict:
+    """The training loop every method shares: Adam over shuffled mini-batches, in train mode.
+
+    ``batch_loss(model, x, y, generator)`` gives the loss of one batch x (B, C, H, W), y (B,)
+    as a scalar tensor (crafting adversarial examples or perturbations from ``generator`` as
+    it needs). Shuffling and every random choice of ``batch_loss`` are drawn from one
+    generator seeded with ``seed``. Returns ``{"method": name, "epoch_loss", "batch_loss",
+    "seconds"}`` as :func:`train` does; the model is left in eval mode.
+    """
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
     if not lr > 0:
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     x_train, y_train = check_batch(model, x_train, y_train)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches = -(-len(y_train) // batch_size)
-    history = {"method": method, "epoch_loss": [], "batch_loss": []}
+    history = {"method": name, "epoch_loss": [], "batch_loss": []}
     start = time.perf_counter()
     model.train()
-    with tqdm(total=epochs * batches, desc=f"training ({method})", disable=not progress) as bar:
+    with tqdm(total=epochs * batches, desc=f"training ({name})", disable=not progress) as bar:
         for _ in range(epochs):
             for idx in torch.randperm(len(y_train), generator=generator).split(batch_size):
-                loss = _batch_loss(method, model, x_train[idx], y_train[idx], eps=eps,
-                                   alpha=alpha, steps=steps, generator=generator)
+                loss = batch_loss(model, x_train[idx], y_train[idx], generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
