@@ -2,8 +2,9 @@
 
 A cache that cannot be written (a read-only folder, a full disk, ``$WORKBENCH_CACHE`` naming a
 file) never costs the work already done: :func:`save_cached` warns and the caller goes on with
-the model it trained, in memory. Nothing here imports torch or keras: callers pass the function
-that writes their file.
+the model it trained, in memory. Nothing here imports torch or keras when imported:
+:func:`save_cached` takes the function that writes the file, and the torch state-dict helpers
+(:func:`load_state`, :func:`save_state`) import torch when called.
 """
 
 from __future__ import annotations
@@ -84,3 +85,34 @@ def save_cached(write: Callable[[Path], None], path: Path, *, what: str) -> None
             f"this run, but the next run will train it again: to keep trained models, set "
             f"{CACHE_ENV} to a writable folder (export {CACHE_ENV}=/path/to/folder).",
             UserWarning, stacklevel=3)
+
+
+def load_state(model, path: Path) -> bool:
+    """Load the state dict cached at ``path`` into ``model`` (a torch module); False when there
+    is nothing usable: no file, or (with a warning saying so) one that cannot be read, which
+    the caller then trains again and overwrites."""
+    import torch
+
+    if not path.is_file():
+        return False
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # truncated, not a checkpoint, other keys: all mean "retrain"
+        warnings.warn(f"cached weights {path} are unreadable ({type(err).__name__}: "
+                      f"{str(err)[:120]}); training again and overwriting them", stacklevel=3)
+        return False
+    return True
+
+
+def save_state(model, path: Path, *, what: str) -> None:
+    """Cache ``model``'s state dict at ``path`` with :func:`save_cached` (warns, and keeps
+    nothing half-written, when it cannot). The bytes are serialised in memory first: writing
+    them, a full disk is an OSError (ENOSPC), where ``torch.save`` to a file may report it as
+    a RuntimeError ("unexpected pos")."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    save_cached(lambda file: file.write_bytes(buffer.getvalue()), path, what=what)

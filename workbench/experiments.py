@@ -12,18 +12,15 @@ three print the same numbers; for these tiny batches one thread is also the fast
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import statistics
-import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
+from workbench.cache import cache_file, load_state, save_state
 from workbench.config import torch_threads
-from workbench.cache import cache_file, save_cached
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
 from workbench.defenses.worst_case import evaluate_robustness
@@ -66,29 +63,6 @@ def cache_path(method: str, seed: int, **hp) -> Path:
     return cache_file("digits", f"{method}-seed{seed}-{digest}.pt")
 
 
-def _load_weights(model: torch.nn.Module, path: Path) -> bool:
-    """Load a cached state dict into ``model``; False (with a warning when the file exists
-    but cannot be read) if there is nothing usable."""
-    if not path.is_file():
-        return False
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:  # truncated, not a checkpoint, other keys: all mean "retrain"
-        warnings.warn(f"cached weights {path} are unreadable ({type(err).__name__}: "
-                      f"{str(err)[:120]}); training again and overwriting them", stacklevel=3)
-        return False
-    return True
-
-
-def _write_weights(model: torch.nn.Module, path: Path) -> None:
-    """The state dict to ``path``, serialised in memory first (about 50 kB): writing the
-    bytes, a full disk is an OSError (ENOSPC), where ``torch.save`` to a file may report it as
-    a RuntimeError ("unexpected pos")."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    path.write_bytes(buffer.getvalue())
-
-
 def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: bool = False,
                   **hp):
     """A ``digits_cnn`` trained with ``method`` from ``seed``, loaded from the cache if there.
@@ -112,13 +86,12 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
     hp = _hyperparams(method, hp)
     model = digits_cnn(dual_bn=method == "advprop", seed=seed)
     path = cache_path(method, seed, **hp)
-    if not (cache and _load_weights(model, path)):
+    if not (cache and load_state(model, path)):
         x_train, y_train, _, _ = load_digits_split()
         with torch_threads(1):
             train(model, x_train, y_train, method=method, seed=seed, progress=progress, **hp)
         if cache:
-            save_cached(lambda file: _write_weights(model, file), path,
-                        what=f"digits_cnn ({method}, seed {seed})")
+            save_state(model, path, what=f"digits_cnn ({method}, seed {seed})")
     model.eval()
     settings = ", ".join(f"{k} {v}" for k, v in _training_key(method, seed, hp).items()
                          if k != "method" and v is not None)
