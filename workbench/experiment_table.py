@@ -44,6 +44,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("shieldgemma", "workbench.safety.evaluation.run_shieldgemma_experiment",
                "workbench.safety.evaluation.format_experiment",
                "notebook 01: lite ShieldGemma's AUROC per harm type on both held-out sets"),
+    Experiment("lat-vision", "workbench.lat.experiment.run_lat_experiment",
+               "workbench.lat.experiment.format_lat_table",
+               "notebook 04: a trojaned digits ResNet fine-tuned by FT, RLP, AT and LAT: clean "
+               "accuracy, trojan success, held-out attacks, and LAT's layer x radius sweep"),
 )}
 
 

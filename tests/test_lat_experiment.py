@@ -1,0 +1,86 @@
+"""The LAT experiment's result: its shape, its cache, and the command that prints it. Run with
+training shortened (one epoch, few images): the numbers are not the point here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.lat import experiment
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lat-cache")  # shared: later tests reuse trained models
+
+
+@pytest.fixture
+def quick(monkeypatch, cache):
+    """The experiment on a few hundred digits, training and attacks cut short, caching under
+    a folder of its own."""
+    full = experiment._data
+
+    def few_digits():
+        x_train, y_train, x_val, y_val, x_test, y_test = full()
+        return x_train[:256], y_train[:256], x_val[:64], y_val[:64], x_test[:96], y_test[:96]
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(cache))
+    monkeypatch.setattr(experiment, "_data", few_digits)
+    monkeypatch.setattr(experiment, "BASE", {**experiment.BASE, "epochs": 1})
+    monkeypatch.setattr(experiment, "FINETUNE", {**experiment.FINETUNE, "epochs": 1})
+    monkeypatch.setattr(experiment, "EVAL_IMAGES", 32)
+    monkeypatch.setattr(experiment, "HELDOUT", {"pgd_linf": {"eps": 0.2, "steps": 2},
+                                                "pgd_l2": {"eps": 1.5, "steps": 2},
+                                                "noise_std": 0.3})
+    return cache
+
+
+def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
+    result = experiment.run_lat_experiment(seeds=(0, 1), sweep=False)
+    assert [row["method"] for row in result["rows"]] == ["base", "ft", "rlp", "at", "lat"]
+    for row in result["rows"]:
+        for metric in ("clean_acc", "trojan_asr", "heldout_acc"):
+            assert 0.0 <= row[metric] <= 1.0 and row[f"{metric}_std"] >= 0.0
+            values = [s[metric] for s in row["per_seed"]]
+            assert row[metric] == pytest.approx(sum(values) / len(values))
+        assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+        assert set(row["heldout"]) == {"pgd_linf", "pgd_l2", "noise", "patch"}
+    assert result["seeds"] == [0, 1] and result["sweep"] is None
+    json.dumps(result)  # what `workbench experiment lat-vision --json` prints
+
+
+def test_a_second_run_trains_nothing_and_gives_the_same_numbers(quick, monkeypatch):
+    first = experiment.run_lat_experiment(seeds=(0,), sweep=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although everything is cached")
+
+    monkeypatch.setattr(experiment, "finetune", no_training)
+    monkeypatch.setattr(experiment, "train_trojaned", no_training)
+    assert experiment.run_lat_experiment(seeds=(0,), sweep=False) == first
+    for result_file in quick.glob("lat/experiment-*.json"):
+        result_file.unlink()  # results gone, models kept: evaluated again, not trained
+    assert experiment.run_lat_experiment(seeds=(0,), sweep=False)["rows"] == first["rows"]
+
+
+def test_the_sweep_covers_its_grid_on_the_validation_split(quick):
+    sweep = experiment.run_lat_sweep(layers=("layer1", "layer3"), fractions=(0.1, 0.5))
+    assert [(p["layer"], p["fraction"]) for p in sweep["points"]] == [
+        ("layer1", 0.1), ("layer1", 0.5), ("layer3", 0.1), ("layer3", 0.5)]
+    assert all(p["eps"] > 0 for p in sweep["points"])
+    larger = {p["layer"]: p["eps"] for p in sweep["points"] if p["fraction"] == 0.5}
+    smaller = {p["layer"]: p["eps"] for p in sweep["points"] if p["fraction"] == 0.1}
+    assert all(larger[k] == pytest.approx(5 * smaller[k], rel=1e-3) for k in larger)
+
+
+def test_the_command_prints_the_table_and_the_json(quick, capsys):
+    from workbench.cli import main
+
+    experiment.run_lat_experiment(seeds=(0,), sweep=False)  # fills the cache
+    assert main(["experiment", "lat-vision", "--seeds", "0", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [row["method"] for row in printed["rows"]][1:] == ["ft", "rlp", "at", "lat"]
+    assert printed["sweep"]["points"]
+    text = experiment.format_lat_table(printed)
+    assert "trojan ASR" in text and "sweep of LAT" in text

@@ -1,0 +1,243 @@
+"""Notebook 04's experiment: does LAT remove trojans and resist attacks nobody trained on?
+
+After Casper et al. (2023)'s trojan set-up, in miniature (lite mode): a digits ResNet is
+trained on digits poisoned with three patch trojans (:mod:`workbench.lat.trojans`), then
+fine-tuned on clean digits by FT, RLP, AT and LAT (:mod:`workbench.lat.training`). Each
+fine-tuned model is measured on the test split:
+
+* ``clean_acc``: accuracy on clean digits;
+* ``trojan_asr``: the trojans' attack success rate, the mean over the three;
+* ``heldout_acc``: the mean accuracy under four attacks no method trained on: L-inf PGD at
+  twice AT's budget, L2 PGD, Gaussian noise, and a patch that was never a trojan.
+
+Where and how hard LAT pushes is chosen by :func:`run_lat_sweep` on a validation split carved
+from the training digits (never the test split). Trained models and results are cached under
+``cache_dir() / "lat"``; a second run only reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+
+from workbench.attacks import pgd
+from workbench.cache import cache_file, load_state, save_cached, save_state
+from workbench.config import torch_threads
+from workbench.data.digits import load_digits_split
+from workbench.defenses.evaluation import accuracy
+from workbench.defenses.models import DIGITS_INPUT_SIZE
+from workbench.defenses.training import default_alpha
+from workbench.lat.latent import relative_eps
+from workbench.lat.models import digits_resnet
+from workbench.lat.training import METHODS, Perturbation, finetune
+from workbench.lat import trojans
+from workbench.lat.trojans import (DIGITS_HELDOUT_PATCH, DIGITS_TROJANS, attack_success_rate,
+                                   train_trojaned)
+from workbench.stats import STD, mean_std
+
+CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
+BASE = {"fraction": trojans.POISON_FRACTION, "epochs": trojans.EPOCHS,
+        "batch_size": trojans.BATCH_SIZE, "lr": trojans.LR}  # training the trojaned base
+FINETUNE = {"epochs": 2, "batch_size": 64, "lr": 1e-3}
+AT_EPS, AT_STEPS = 0.1, 3  # AT's L-inf budget (pixel units) and PGD steps
+LAT_STEPS = 6  # the reference code's default
+# The sweep, and the defaults it chose (see run_lat_sweep and the notebook).
+SWEEP_LAYERS = ("layer1", "layer2", "layer3")
+SWEEP_FRACTIONS = (0.1, 0.3, 1.0)  # latent radius / mean activation norm at the layer
+DEFAULT_LAYER, DEFAULT_FRACTION = "layer2", 0.3
+HELDOUT = {"pgd_linf": {"eps": 2 * AT_EPS, "steps": 10}, "pgd_l2": {"eps": 1.5, "steps": 10},
+           "noise_std": 0.3}
+EVAL_IMAGES = 300  # test images the attacks run on (clean accuracy and ASR use all 450)
+VALIDATION = 300  # training images held back for the sweep
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key},
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data():
+    """(x_train, y_train, x_val, y_val, x_test, y_test): the digits split of notebook 03 at
+    16 x 16, its training half split once more into fine-tuning and validation images."""
+    x_train, y_train, x_test, y_test = load_digits_split(size=DIGITS_INPUT_SIZE[1], seed=0)
+    return (x_train[VALIDATION:], y_train[VALIDATION:], x_train[:VALIDATION],
+            y_train[:VALIDATION], x_test, y_test)
+
+
+def trojaned_path(seed: int):
+    """Where the trojaned base of ``seed`` is cached; the name changes with its recipe."""
+    key = {"seed": seed, "trojans": [asdict(t) for t in DIGITS_TROJANS], **BASE,
+           "architecture": digits_resnet().cfg.architecture}
+    return cache_file("lat", f"trojaned-seed{seed}-{_digest(key)}.pt")
+
+
+def trojaned_model(seed: int, *, cache: bool = True, progress: bool = False):
+    """The trojaned base model for ``seed`` (:func:`train_trojaned`), cached."""
+    path = trojaned_path(seed)
+    model = digits_resnet(seed=seed)
+    if not (cache and load_state(model, path)):
+        x_train, y_train, *_ = _data()  # not the validation images: the sweep reads them
+        model = train_trojaned(seed, data=(x_train, y_train), progress=progress, **BASE)
+        if cache:
+            save_state(model, path, what=f"trojaned digits ResNet (seed {seed})")
+    return model.eval()
+
+
+def finetuned_model(method: str, seed: int, perturbation: Perturbation, *, cache: bool = True,
+                    progress: bool = False):
+    """The trojaned base of ``seed`` fine-tuned on clean digits by ``method``, cached."""
+    key = {"method": method, "seed": seed, "base": trojaned_path(seed).name, **FINETUNE,
+           **({} if method == "ft" else asdict(perturbation))}
+    path = cache_file("lat", f"{method}-seed{seed}-{_digest(key)}.pt")
+    model = trojaned_model(seed, cache=cache, progress=progress)
+    if cache and load_state(model, path):
+        return model.eval()
+    x_train, y_train, *_ = _data()
+    finetune(model, x_train, y_train, method=method, perturbation=perturbation, seed=seed,
+             progress=progress, **FINETUNE)
+    if cache:
+        save_state(model, path, what=f"{method}-fine-tuned digits ResNet (seed {seed})")
+    return model.eval()
+
+
+def perturbation_for(layer: str, fraction: float, seed: int) -> Perturbation:
+    """The latent ball at ``layer`` of radius ``fraction`` times the mean activation norm of
+    the trojaned base there (on the fine-tuning images)."""
+    x_train, *_ = _data()
+    eps = relative_eps(trojaned_model(seed), layer, x_train[:256], fraction)
+    return Perturbation(layer=layer, eps=round(eps, 4), steps=LAT_STEPS, input_eps=AT_EPS,
+                        input_steps=AT_STEPS)
+
+
+def evaluate(model, x, y, *, seed: int) -> dict:
+    """Clean accuracy, trojan ASRs and the held-out attacks' accuracies of ``model`` on the
+    digits x (N, 1, 16, 16), y (N,); attacks' random starts and noise from ``seed``."""
+    x_eval, y_eval = x[:EVAL_IMAGES], y[:EVAL_IMAGES]
+    generator = torch.Generator().manual_seed(seed)
+    heldout = {}
+    for name, norm in (("pgd_linf", "linf"), ("pgd_l2", "l2")):
+        eps, steps = HELDOUT[name]["eps"], HELDOUT[name]["steps"]
+        x_adv = pgd(model, x_eval, y_eval, eps=eps, steps=steps, norm=norm,
+                    alpha=default_alpha(eps, steps), generator=generator).x_adv
+        heldout[name] = accuracy(model, x_adv, y_eval)
+    noise = torch.randn(x_eval.shape, generator=generator) * HELDOUT["noise_std"]
+    heldout["noise"] = accuracy(model, (x_eval + noise).clamp(0, 1), y_eval)
+    heldout["patch"] = accuracy(model, DIGITS_HELDOUT_PATCH.apply(x), y)
+    asr = [attack_success_rate(model, x, y, trojan) for trojan in DIGITS_TROJANS]
+    return {"seed": seed, "clean_acc": accuracy(model, x, y), "trojan_asr": statistics.fmean(asr),
+            "trojan_asr_each": asr, "heldout": heldout,
+            "heldout_acc": statistics.fmean(heldout.values())}
+
+
+METRICS = ("clean_acc", "trojan_asr", "heldout_acc")
+
+
+def _row(method: str, runs: list[dict]) -> dict:
+    row = {"method": method}
+    for metric in METRICS:
+        row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in runs])
+    row["heldout"] = {name: statistics.fmean(r["heldout"][name] for r in runs)
+                      for name in runs[0]["heldout"]}
+    row["per_seed"] = [{k: r[k] for k in ("seed", *METRICS)} for r in runs]
+    return row
+
+
+def _cached_result(name: str, key: dict, compute, cache: bool) -> dict:
+    path = cache_file("lat", f"{name}-{_digest(key)}.json")
+    if cache and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass  # unreadable: compute it again and overwrite
+    result = compute()
+    if cache:
+        text = json.dumps(result)
+        save_cached(lambda file: file.write_text(text), path, what=f"{name} results")
+    return result
+
+
+def run_lat_experiment(*, seeds: Sequence[int] = (0, 1, 2), layer: str = DEFAULT_LAYER,
+                       fraction: float = DEFAULT_FRACTION, cache: bool = True,
+                       progress: bool = False, sweep: bool = True) -> dict:
+    """FT, RLP, AT and LAT from the same trojaned base, per seed; see the module docstring.
+
+    Returns:
+        ``{"seeds", "std", "layer", "fraction", "rows", "sweep"}``: one row per method with
+        ``clean_acc``, ``trojan_asr``, ``heldout_acc`` (means over seeds) and their ``*_std``
+        (sample standard deviations), ``heldout`` (each held-out attack's mean accuracy) and
+        ``per_seed``; ``sweep`` is :func:`run_lat_sweep`'s result (None without ``sweep``).
+    """
+    key = {"seeds": list(seeds), "layer": layer, "fraction": fraction, **FINETUNE,
+           "heldout": HELDOUT, "images": EVAL_IMAGES, "base": [trojaned_path(s).name
+                                                              for s in seeds]}
+
+    def compute():
+        *_, x_test, y_test = _data()
+        runs = {method: [] for method in METHODS}
+        with torch_threads(1):
+            for seed in seeds:
+                perturbation = perturbation_for(layer, fraction, seed)
+                for method in METHODS:
+                    model = finetuned_model(method, seed, perturbation, cache=cache,
+                                            progress=progress)
+                    runs[method].append(evaluate(model, x_test, y_test, seed=seed))
+                runs.setdefault("base", []).append(
+                    evaluate(trojaned_model(seed), x_test, y_test, seed=seed))
+        return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
+                "rows": [_row(m, runs[m]) for m in ("base", *METHODS)]}
+
+    result = _cached_result("experiment", key, compute, cache)
+    result["sweep"] = run_lat_sweep(cache=cache, progress=progress) if sweep else None
+    return result
+
+
+def run_lat_sweep(*, seed: int = 0, layers: Sequence[str] = SWEEP_LAYERS,
+                  fractions: Sequence[float] = SWEEP_FRACTIONS, cache: bool = True,
+                  progress: bool = False) -> dict:
+    """LAT at every layer and radius of the grid, from seed ``seed``'s trojaned base, measured
+    on the validation split (so the defaults are not chosen on the test set).
+
+    Returns ``{"seed", "layers", "fractions", "points": [{"layer", "fraction", "eps",
+    "clean_acc", "trojan_asr", "heldout_acc"}]}``."""
+    key = {"seed": seed, "layers": list(layers), "fractions": list(fractions), **FINETUNE,
+           "heldout": HELDOUT, "images": EVAL_IMAGES, "base": trojaned_path(seed).name}
+
+    def compute():
+        _, _, x_val, y_val, _, _ = _data()
+        points = []
+        with torch_threads(1):
+            for layer in layers:
+                for fraction in fractions:
+                    perturbation = perturbation_for(layer, fraction, seed)
+                    model = finetuned_model("lat", seed, perturbation, cache=cache,
+                                            progress=progress)
+                    scores = evaluate(model, x_val, y_val, seed=seed)
+                    points.append({"layer": layer, "fraction": fraction,
+                                   "eps": perturbation.eps,
+                                   **{m: scores[m] for m in METRICS}})
+        return {"seed": seed, "layers": list(layers), "fractions": list(fractions),
+                "points": points}
+
+    return _cached_result("sweep", key, compute, cache)
+
+
+def format_lat_table(result: dict) -> str:
+    """``run_lat_experiment``'s result as text: one line per method, then the sweep."""
+    head = f"{'method':<7} {'clean acc':>15}   {'trojan ASR':>15}   {'held-out acc':>15}"
+    lines = [f"LAT at {result['layer']}, radius {result['fraction']} x the mean activation "
+             f"norm; seeds {result['seeds']} (mean ± {result['std']})", head, "-" * len(head)]
+    for row in result["rows"]:
+        cells = [f"{row[m]:.3f} ± {row[f'{m}_std']:.3f}" for m in METRICS]
+        lines.append(f"{row['method']:<7} " + "   ".join(f"{c:>15}" for c in cells))
+    if result.get("sweep"):
+        lines += ["", f"sweep of LAT (seed {result['sweep']['seed']}, validation split):",
+                  f"{'layer':<8} {'radius':>6} {'clean':>6} {'ASR':>6} {'held-out':>8}"]
+        for p in result["sweep"]["points"]:
+            lines.append(f"{p['layer']:<8} {p['fraction']:>6} {p['clean_acc']:>6.3f} "
+                         f"{p['trojan_asr']:>6.3f} {p['heldout_acc']:>8.3f}")
+    return "\n".join(lines)
