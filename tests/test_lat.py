@@ -196,3 +196,15 @@ def test_the_adversaries_raise_the_training_loss_and_the_random_one_less():
     assert losses["lat"] > losses["rlp"] and losses["lat"] > losses["ft"], losses
     with pytest.raises(ValueError, match="unknown fine-tuning method 'pgd'.*'ft', 'rlp', 'at'"):
         batch_loss_for("pgd", perturbation)
+
+
+def test_a_radius_per_example_gives_each_its_own_ball(resnet, batch):
+    x, y = batch
+    radii = torch.tensor([0.5, 2.0, 4.0])
+    delta = latent_pgd(resnet, "layer2", x, y, eps=radii, steps=4,
+                       generator=torch.Generator().manual_seed(0))
+    assert (l2_norms(delta).flatten() <= radii * (1 + 1e-5)).all()
+    assert l2_norms(delta).flatten()[2] > radii[1]
+    one = latent_pgd(resnet, "layer2", x[1:2], y[1:2], eps=2.0, steps=4,
+                     generator=torch.Generator().manual_seed(0))
+    assert one.shape[0] == 1

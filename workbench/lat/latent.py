@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.attacks.core import attack_mode, check_eps, check_generator
+from workbench.attacks.core import attack_mode, check_budget, check_eps, check_generator
 from workbench.attacks.pgd import ascent_step, l2_norms, project, random_in_ball
 
 LATENT_NORMS = ("l2", "linf")
@@ -183,8 +183,10 @@ def latent_pgd(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, *
         x: (N, C, H, W) inputs as the model takes them. y: (N,) labels whose cross-entropy
             the attack raises (the training loss of Algorithm 1).
         eps: radius of each example's ball, in the layer's own units (absolute; see
-            :func:`relative_eps`), over all of that example's activations.
-        steps: PGD steps. alpha: step size (default ``eps / steps``, the reference code's).
+            :func:`relative_eps`), over all of that example's activations: a float, or an
+            (N,) tensor, one radius per example (a panel attacks every radius at once).
+        steps: PGD steps. alpha: step size (default ``eps / steps``, the reference code's),
+            a float or (N,).
         norm: "l2" (default, as in Casper et al.) or "linf".
         generator: draws the random start inside the ball.
 
@@ -195,10 +197,11 @@ def latent_pgd(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, *
     """
     _check_norm(norm)
     check_generator(generator)
-    eps = check_eps(eps, norm="l2")  # latents are not pixels: no upper bound
+    eps = check_budget(eps, len(x), norm="l2")  # latents are not pixels: no upper bound
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
-    alpha = eps / steps if alpha is None else check_eps(alpha, name="alpha", norm="l2")
+    alpha = eps / steps if alpha is None else check_budget(alpha, len(x), name="alpha",
+                                                            norm="l2")
     with attack_mode(model):
         hidden = activations(model, layer, x)
         tail = tail_of(model, layer)
