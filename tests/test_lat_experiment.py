@@ -19,14 +19,10 @@ def cache(tmp_path_factory):
 def quick(monkeypatch, cache):
     """The experiment on a few hundred digits, training and attacks cut short, caching under
     a folder of its own."""
-    full = experiment._data
-
-    def few_digits():
-        x_train, y_train, x_val, y_val, x_test, y_test = full()
-        return x_train[:256], y_train[:256], x_val[:64], y_val[:64], x_test[:96], y_test[:96]
-
     monkeypatch.setenv("WORKBENCH_CACHE", str(cache))
-    monkeypatch.setattr(experiment, "_data", few_digits)
+    monkeypatch.setattr(experiment, "TRAIN_IMAGES", 256)
+    monkeypatch.setattr(experiment, "VALIDATION", 64)
+    monkeypatch.setattr(experiment, "TEST_IMAGES", 96)
     monkeypatch.setattr(experiment, "BASE", {**experiment.BASE, "epochs": 1})
     monkeypatch.setattr(experiment, "FINETUNE", {**experiment.FINETUNE, "epochs": 1})
     monkeypatch.setattr(experiment, "EVAL_IMAGES", 32)
@@ -37,7 +33,7 @@ def quick(monkeypatch, cache):
 
 
 def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
-    result = experiment.run_lat_experiment(seeds=(0, 1), sweep=False)
+    result = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=1)
     assert [row["method"] for row in result["rows"]] == ["base", "ft", "rlp", "at", "lat"]
     for row in result["rows"]:
         for metric in ("clean_acc", "trojan_asr", "heldout_acc"):
@@ -51,21 +47,23 @@ def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
 
 
 def test_a_second_run_trains_nothing_and_gives_the_same_numbers(quick, monkeypatch):
-    first = experiment.run_lat_experiment(seeds=(0,), sweep=False)
+    first = experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although everything is cached")
 
     monkeypatch.setattr(experiment, "finetune", no_training)
     monkeypatch.setattr(experiment, "train_trojaned", no_training)
-    assert experiment.run_lat_experiment(seeds=(0,), sweep=False) == first
+    assert experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1) == first
     for result_file in quick.glob("lat/experiment-*.json"):
         result_file.unlink()  # results gone, models kept: evaluated again, not trained
-    assert experiment.run_lat_experiment(seeds=(0,), sweep=False)["rows"] == first["rows"]
+    again = experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)
+    assert again["rows"] == first["rows"]
 
 
 def test_the_sweep_covers_its_grid_on_the_validation_split(quick):
-    sweep = experiment.run_lat_sweep(layers=("layer1", "layer3"), fractions=(0.1, 0.5))
+    sweep = experiment.run_lat_sweep(layers=("layer1", "layer3"), fractions=(0.1, 0.5),
+                                     workers=1)
     assert [(p["layer"], p["fraction"]) for p in sweep["points"]] == [
         ("layer1", 0.1), ("layer1", 0.5), ("layer3", 0.1), ("layer3", 0.5)]
     assert all(p["eps"] > 0 for p in sweep["points"])
@@ -77,10 +75,22 @@ def test_the_sweep_covers_its_grid_on_the_validation_split(quick):
 def test_the_command_prints_the_table_and_the_json(quick, capsys):
     from workbench.cli import main
 
-    experiment.run_lat_experiment(seeds=(0,), sweep=False)  # fills the cache
+    experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)  # fills the cache
     assert main(["experiment", "lat-vision", "--seeds", "0", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [row["method"] for row in printed["rows"]][1:] == ["ft", "rlp", "at", "lat"]
     assert printed["sweep"]["points"]
     text = experiment.format_lat_table(printed)
     assert "trojan ASR" in text and "sweep of LAT" in text
+
+
+def test_two_worker_processes_give_the_numbers_of_one(quick, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where --no-cache trains
+    cached = sorted(quick.rglob("*"))
+    one = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=1, cache=False)
+    two = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=2, cache=False)
+    assert two == one
+    assert sorted(quick.rglob("*")) == cached  # nothing written to the cache
+    assert list(tmp_path.glob("workbench-lat-*")) == []  # and the run's scratch folder is gone

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import statistics
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from workbench.attacks import pgd
-from workbench.cache import cache_file, load_state, save_cached, save_state
+from workbench.cache import CACHE_ENV, cache_file, load_state, save_cached, save_state
 from workbench.config import torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy
@@ -52,8 +58,10 @@ SWEEP_FRACTIONS = (0.1, 0.3, 1.0)  # latent radius / mean activation norm at the
 DEFAULT_LAYER, DEFAULT_FRACTION = "layer2", 0.3
 HELDOUT = {"pgd_linf": {"eps": 2 * AT_EPS, "steps": 10}, "pgd_l2": {"eps": 1.5, "steps": 10},
            "noise_std": 0.3}
-EVAL_IMAGES = 300  # test images the attacks run on (clean accuracy and ASR use all 450)
+EVAL_IMAGES = 200  # test images the attacks run on (clean accuracy and ASR use all 450)
 VALIDATION = 300  # training images held back for the sweep
+TRAIN_IMAGES = None  # fine-tuning images used (None: all the others); tests use fewer
+TEST_IMAGES = None  # test images used (None: all 450)
 
 
 def _digest(key: dict) -> str:
@@ -61,18 +69,20 @@ def _digest(key: dict) -> str:
                                      sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _data():
+def digits_splits():
     """(x_train, y_train, x_val, y_val, x_test, y_test): the digits split of notebook 03 at
-    16 x 16, its training half split once more into fine-tuning and validation images."""
+    16 x 16, its training images split once more into fine-tuning and validation images."""
     x_train, y_train, x_test, y_test = load_digits_split(size=DIGITS_INPUT_SIZE[1], seed=0)
-    return (x_train[VALIDATION:], y_train[VALIDATION:], x_train[:VALIDATION],
-            y_train[:VALIDATION], x_test, y_test)
+    train = slice(VALIDATION, None if TRAIN_IMAGES is None else VALIDATION + TRAIN_IMAGES)
+    return (x_train[train], y_train[train], x_train[:VALIDATION], y_train[:VALIDATION],
+            x_test[:TEST_IMAGES], y_test[:TEST_IMAGES])
 
 
 def trojaned_path(seed: int):
     """Where the trojaned base of ``seed`` is cached; the name changes with its recipe."""
     key = {"seed": seed, "trojans": [asdict(t) for t in DIGITS_TROJANS], **BASE,
-           "architecture": digits_resnet().cfg.architecture}
+           "architecture": digits_resnet().cfg.architecture,
+           "images": [VALIDATION, TRAIN_IMAGES]}
     return cache_file("lat", f"trojaned-seed{seed}-{_digest(key)}.pt")
 
 
@@ -81,7 +91,7 @@ def trojaned_model(seed: int, *, cache: bool = True, progress: bool = False):
     path = trojaned_path(seed)
     model = digits_resnet(seed=seed)
     if not (cache and load_state(model, path)):
-        x_train, y_train, *_ = _data()  # not the validation images: the sweep reads them
+        x_train, y_train, *_ = digits_splits()  # not the validation images: the sweep reads them
         model = train_trojaned(seed, data=(x_train, y_train), progress=progress, **BASE)
         if cache:
             save_state(model, path, what=f"trojaned digits ResNet (seed {seed})")
@@ -97,7 +107,7 @@ def finetuned_model(method: str, seed: int, perturbation: Perturbation, *, cache
     model = trojaned_model(seed, cache=cache, progress=progress)
     if cache and load_state(model, path):
         return model.eval()
-    x_train, y_train, *_ = _data()
+    x_train, y_train, *_ = digits_splits()
     finetune(model, x_train, y_train, method=method, perturbation=perturbation, seed=seed,
              progress=progress, **FINETUNE)
     if cache:
@@ -108,7 +118,7 @@ def finetuned_model(method: str, seed: int, perturbation: Perturbation, *, cache
 def perturbation_for(layer: str, fraction: float, seed: int) -> Perturbation:
     """The latent ball at ``layer`` of radius ``fraction`` times the mean activation norm of
     the trojaned base there (on the fine-tuning images)."""
-    x_train, *_ = _data()
+    x_train, *_ = digits_splits()
     eps = relative_eps(trojaned_model(seed), layer, x_train[:256], fraction)
     return Perturbation(layer=layer, eps=round(eps, 4), steps=LAT_STEPS, input_eps=AT_EPS,
                         input_steps=AT_STEPS)
@@ -161,69 +171,148 @@ def _cached_result(name: str, key: dict, compute, cache: bool) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- running the jobs
+
+# What a worker process must share with the caller (tests shorten them).
+TUNABLE = ("BASE", "FINETUNE", "HELDOUT", "EVAL_IMAGES", "VALIDATION", "TRAIN_IMAGES",
+           "TEST_IMAGES")
+
+
+def _settings() -> dict:
+    return {name: globals()[name] for name in TUNABLE} | {
+        "cache_root": os.environ.get(CACHE_ENV)}
+
+
+def _adopt(settings: dict) -> None:
+    """A worker's start: the caller's settings and cache folder, one torch thread."""
+    settings = dict(settings)
+    root = settings.pop("cache_root")
+    if root is not None:
+        os.environ[CACHE_ENV] = root
+    globals().update(settings)
+    torch.set_num_threads(1)
+
+
+def _job(method: str, seed: int, layer: str, fraction: float, split: str) -> dict:
+    """Train (or load) one model and evaluate it on the "test" or "val" split."""
+    with torch_threads(1):
+        splits = digits_splits()
+        x, y = (splits[2], splits[3]) if split == "val" else (splits[4], splits[5])
+        if method == "base":
+            return {**evaluate(trojaned_model(seed), x, y, seed=seed), "eps": None}
+        perturbation = perturbation_for(layer, fraction, seed)
+        model = finetuned_model(method, seed, perturbation)
+        return {**evaluate(model, x, y, seed=seed), "eps": perturbation.eps}
+
+
+def _base_job(seed: int) -> None:
+    with torch_threads(1):
+        trojaned_model(seed)
+
+
+@contextmanager
+def _cache_for_this_run(cache: bool):
+    """The cache to train into: the real one, or (``cache`` False) a temporary folder that
+    workers share for the length of the run and that is removed after it."""
+    if cache:
+        yield
+        return
+    previous = os.environ.get(CACHE_ENV)
+    with tempfile.TemporaryDirectory(prefix="workbench-lat-") as scratch:
+        os.environ[CACHE_ENV] = scratch
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(CACHE_ENV, None)
+            else:
+                os.environ[CACHE_ENV] = previous
+
+
+def run_jobs(jobs: Sequence[tuple], *, workers: int, progress: bool, desc: str) -> list[dict]:
+    """Run :func:`_job` on each (method, seed, layer, fraction, split), in ``workers``
+    processes (each on one torch thread, so the numbers are those of one process) once the
+    trojaned bases they need are trained; results in the order of ``jobs``."""
+    if workers <= 1:
+        return [_job(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_adopt,
+                             initargs=(_settings(),)) as pool:
+        list(pool.map(_base_job, sorted({job[1] for job in jobs})))
+        futures = [pool.submit(_job, *job) for job in jobs]
+        for _ in tqdm(as_completed(futures), total=len(futures), desc=desc,
+                      disable=not progress):
+            pass
+        return [future.result() for future in futures]
+
+
+def default_workers() -> int:
+    """Processes the experiment uses: one per core, at most two."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def run_lat_experiment(*, seeds: Sequence[int] = (0, 1, 2), layer: str = DEFAULT_LAYER,
                        fraction: float = DEFAULT_FRACTION, cache: bool = True,
-                       progress: bool = False, sweep: bool = True) -> dict:
+                       progress: bool = False, sweep: bool = True,
+                       workers: int | None = None) -> dict:
     """FT, RLP, AT and LAT from the same trojaned base, per seed; see the module docstring.
+    ``workers``: processes to train in (default :func:`default_workers`); the numbers do not
+    depend on it.
 
     Returns:
-        ``{"seeds", "std", "layer", "fraction", "rows", "sweep"}``: one row per method with
-        ``clean_acc``, ``trojan_asr``, ``heldout_acc`` (means over seeds) and their ``*_std``
-        (sample standard deviations), ``heldout`` (each held-out attack's mean accuracy) and
-        ``per_seed``; ``sweep`` is :func:`run_lat_sweep`'s result (None without ``sweep``).
+        ``{"seeds", "std", "layer", "fraction", "rows", "sweep"}``: one row per method (and
+        ``base``, the trojaned model before fine-tuning) with ``clean_acc``, ``trojan_asr``,
+        ``heldout_acc`` (means over seeds) and their ``*_std`` (sample standard deviations),
+        ``heldout`` (each held-out attack's mean accuracy) and ``per_seed``; ``sweep`` is
+        :func:`run_lat_sweep`'s result (None without ``sweep``).
     """
+    workers = default_workers() if workers is None else workers
     key = {"seeds": list(seeds), "layer": layer, "fraction": fraction, **FINETUNE,
-           "heldout": HELDOUT, "images": EVAL_IMAGES, "base": [trojaned_path(s).name
-                                                              for s in seeds]}
+           "heldout": HELDOUT, "images": [EVAL_IMAGES, TRAIN_IMAGES, TEST_IMAGES],
+           "base": [trojaned_path(s).name for s in seeds]}
+    methods = ("base", *METHODS)
 
     def compute():
-        *_, x_test, y_test = _data()
-        runs = {method: [] for method in METHODS}
-        with torch_threads(1):
-            for seed in seeds:
-                perturbation = perturbation_for(layer, fraction, seed)
-                for method in METHODS:
-                    model = finetuned_model(method, seed, perturbation, cache=cache,
-                                            progress=progress)
-                    runs[method].append(evaluate(model, x_test, y_test, seed=seed))
-                runs.setdefault("base", []).append(
-                    evaluate(trojaned_model(seed), x_test, y_test, seed=seed))
+        jobs = [(m, seed, layer, fraction, "test") for seed in seeds for m in methods]
+        scores = iter(run_jobs(jobs, workers=workers, progress=progress, desc="models"))
+        runs = {m: [] for m in methods}
+        for _ in seeds:
+            for m in methods:
+                runs[m].append(next(scores))
         return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
-                "rows": [_row(m, runs[m]) for m in ("base", *METHODS)]}
+                "rows": [_row(m, runs[m]) for m in methods]}
 
-    result = _cached_result("experiment", key, compute, cache)
-    result["sweep"] = run_lat_sweep(cache=cache, progress=progress) if sweep else None
+    with _cache_for_this_run(cache):
+        result = _cached_result("experiment", key, compute, cache)
+        result["sweep"] = (run_lat_sweep(cache=cache, progress=progress, workers=workers)
+                           if sweep else None)
     return result
 
 
 def run_lat_sweep(*, seed: int = 0, layers: Sequence[str] = SWEEP_LAYERS,
                   fractions: Sequence[float] = SWEEP_FRACTIONS, cache: bool = True,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, workers: int | None = None) -> dict:
     """LAT at every layer and radius of the grid, from seed ``seed``'s trojaned base, measured
     on the validation split (so the defaults are not chosen on the test set).
 
     Returns ``{"seed", "layers", "fractions", "points": [{"layer", "fraction", "eps",
     "clean_acc", "trojan_asr", "heldout_acc"}]}``."""
+    workers = default_workers() if workers is None else workers
     key = {"seed": seed, "layers": list(layers), "fractions": list(fractions), **FINETUNE,
-           "heldout": HELDOUT, "images": EVAL_IMAGES, "base": trojaned_path(seed).name}
+           "heldout": HELDOUT, "images": [EVAL_IMAGES, TRAIN_IMAGES, VALIDATION],
+           "base": trojaned_path(seed).name}
 
     def compute():
-        _, _, x_val, y_val, _, _ = _data()
-        points = []
-        with torch_threads(1):
-            for layer in layers:
-                for fraction in fractions:
-                    perturbation = perturbation_for(layer, fraction, seed)
-                    model = finetuned_model("lat", seed, perturbation, cache=cache,
-                                            progress=progress)
-                    scores = evaluate(model, x_val, y_val, seed=seed)
-                    points.append({"layer": layer, "fraction": fraction,
-                                   "eps": perturbation.eps,
-                                   **{m: scores[m] for m in METRICS}})
+        grid = [(layer, fraction) for layer in layers for fraction in fractions]
+        jobs = [("lat", seed, layer, fraction, "val") for layer, fraction in grid]
+        scores = run_jobs(jobs, workers=workers, progress=progress, desc="sweep")
         return {"seed": seed, "layers": list(layers), "fractions": list(fractions),
-                "points": points}
+                "points": [{"layer": layer, "fraction": fraction, "eps": s["eps"],
+                            **{m: s[m] for m in METRICS}}
+                           for (layer, fraction), s in zip(grid, scores)]}
 
-    return _cached_result("sweep", key, compute, cache)
+    with _cache_for_this_run(cache):
+        return _cached_result("sweep", key, compute, cache)
 
 
 def format_lat_table(result: dict) -> str:

@@ -14,7 +14,9 @@ from workbench.viz.images import (
     top_k,
     top_k_html,
 )
-from workbench.viz.plots import attack_figure, eps_sweep_figure
+from workbench.viz.plots import (attack_figure, eps_sweep_figure, method_comparison_figure,
+                                 sweep_heatmaps)
 
 __all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure",
-           "jpeg_bytes", "loss_curve_svg", "png_bytes", "to_uint8", "top_k", "top_k_html"]
+           "jpeg_bytes", "loss_curve_svg", "method_comparison_figure", "png_bytes",
+           "sweep_heatmaps", "to_uint8", "top_k", "top_k_html"]

@@ -59,3 +59,65 @@ def eps_sweep_figure(epsilons: Sequence[float], accuracy: Sequence[float],
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def method_comparison_figure(rows: Sequence[dict], *, title: str):
+    """Per method, clean accuracy against held-out robustness, and the trojans' success.
+
+    ``rows``: dicts with ``method`` and ``clean_acc``, ``heldout_acc``, ``trojan_asr`` (each in
+    [0, 1]) with their ``*_std`` (spread over seeds), as ``workbench experiment lat-vision``
+    gives them. Left: clean accuracy (x) against mean held-out accuracy (y), error bars one
+    std; right: trojan attack success rate per method. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in rows:
+        left.errorbar(row["clean_acc"], row["heldout_acc"], xerr=row["clean_acc_std"],
+                      yerr=row["heldout_acc_std"], fmt="o", capsize=3, label=row["method"])
+        left.annotate(row["method"], (row["clean_acc"], row["heldout_acc"]),
+                      textcoords="offset points", xytext=(6, 4), fontsize=9)
+    left.set_xlabel("clean test accuracy")
+    left.set_ylabel("mean accuracy under held-out attacks")
+    left.set_title("clean vs held-out robustness (mean ± std over seeds)", fontsize=10)
+    names = [row["method"] for row in rows]
+    right.bar(names, [row["trojan_asr"] for row in rows],
+              yerr=[row["trojan_asr_std"] for row in rows], capsize=3, color="tab:red")
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("trojan attack success rate")
+    right.set_title("trojans still working after fine-tuning", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_heatmaps(points: Sequence[dict], *, metrics: Sequence[tuple[str, str]], title: str):
+    """One heatmap per metric over a layer x radius grid, each cell printed.
+
+    ``points``: dicts with ``layer``, ``fraction`` and each metric key; ``metrics``: (key,
+    label) pairs, e.g. ("trojan_asr", "trojan success"). Rows are layers (as they come),
+    columns radii (latent radius / mean activation norm). Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = list(dict.fromkeys(p["layer"] for p in points))
+    fractions = sorted({p["fraction"] for p in points})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        grid = np.full((len(layers), len(fractions)), np.nan)
+        for p in points:
+            grid[layers.index(p["layer"]), fractions.index(p["fraction"])] = p[key]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(fractions)), [f"{f:g}" for f in fractions])
+        ax.set_yticks(range(len(layers)), layers)
+        ax.set_xlabel("radius / mean activation norm")
+        ax.set_ylabel("layer")
+        ax.set_title(label, fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
