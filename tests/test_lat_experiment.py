@@ -9,6 +9,8 @@ import pytest
 
 from workbench.lat import experiment
 
+AT_LAYER2 = {"layer": "layer2", "fraction": 0.3}  # a fixed latent ball: no sweep first
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -33,7 +35,7 @@ def quick(monkeypatch, cache):
 
 
 def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
-    result = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=1)
+    result = experiment.run_lat_experiment(seeds=(0, 1), **AT_LAYER2, workers=1)
     assert [row["method"] for row in result["rows"]] == ["base", "ft", "rlp", "at", "lat"]
     for row in result["rows"]:
         for metric in ("clean_acc", "trojan_asr", "heldout_acc"):
@@ -43,21 +45,22 @@ def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
         assert [s["seed"] for s in row["per_seed"]] == [0, 1]
         assert set(row["heldout"]) == {"pgd_linf", "pgd_l2", "noise", "patch"}
     assert result["seeds"] == [0, 1] and result["sweep"] is None
+    assert result["chosen_by"] == "caller"
     json.dumps(result)  # what `workbench experiment lat-vision --json` prints
 
 
 def test_a_second_run_trains_nothing_and_gives_the_same_numbers(quick, monkeypatch):
-    first = experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)
+    first = experiment.run_lat_experiment(seeds=(0,), **AT_LAYER2, workers=1)
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although everything is cached")
 
     monkeypatch.setattr(experiment, "finetune", no_training)
     monkeypatch.setattr(experiment, "train_trojaned", no_training)
-    assert experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1) == first
+    assert experiment.run_lat_experiment(seeds=(0,), **AT_LAYER2, workers=1) == first
     for result_file in quick.glob("lat/experiment-*.json"):
         result_file.unlink()  # results gone, models kept: evaluated again, not trained
-    again = experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)
+    again = experiment.run_lat_experiment(seeds=(0,), **AT_LAYER2, workers=1)
     assert again["rows"] == first["rows"]
 
 
@@ -75,11 +78,12 @@ def test_the_sweep_covers_its_grid_on_the_validation_split(quick):
 def test_the_command_prints_the_table_and_the_json(quick, capsys):
     from workbench.cli import main
 
-    experiment.run_lat_experiment(seeds=(0,), sweep=False, workers=1)  # fills the cache
     assert main(["experiment", "lat-vision", "--seeds", "0", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [row["method"] for row in printed["rows"]][1:] == ["ft", "rlp", "at", "lat"]
-    assert printed["sweep"]["points"]
+    assert printed["chosen_by"] == "sweep"
+    assert (printed["layer"], printed["fraction"]) == experiment.choose_defaults(
+        printed["sweep"]["points"])
     text = experiment.format_lat_table(printed)
     assert "trojan ASR" in text and "sweep of LAT" in text
 
@@ -89,8 +93,8 @@ def test_two_worker_processes_give_the_numbers_of_one(quick, tmp_path, monkeypat
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where --no-cache trains
     cached = sorted(quick.rglob("*"))
-    one = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=1, cache=False)
-    two = experiment.run_lat_experiment(seeds=(0, 1), sweep=False, workers=2, cache=False)
+    one = experiment.run_lat_experiment(seeds=(0, 1), **AT_LAYER2, workers=1, cache=False)
+    two = experiment.run_lat_experiment(seeds=(0, 1), **AT_LAYER2, workers=2, cache=False)
     assert two == one
     assert sorted(quick.rglob("*")) == cached  # nothing written to the cache
     assert list(tmp_path.glob("workbench-lat-*")) == []  # and the run's scratch folder is gone

@@ -138,3 +138,11 @@ def test_a_switched_off_reference_raises_however_it_was_imported():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_models_old_gradients_reach_the_kernel():
+    model = _net()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    args, kwargs = transport.open_request(_kernel_copy(transport.request((model,), {})))
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in args[0].parameters())

@@ -249,12 +249,14 @@ class KernelSession:
         or does not report back in time (then it is stopped)."""
         import torch
 
+        from workbench.exercises import transport
+
         if self.stopped:
             raise KernelStopped(self.stopped)
         self._calls += 1
         stem = self.transfer / f"call-{self._calls}"
         request, response = f"{stem}.request", f"{stem}.response"
-        torch.save((args, kwargs), request)
+        torch.save(transport.request(args, kwargs), request)
         code = ("from workbench.exercises.serve import serve_call as _workbench_serve\n"
                 f"_workbench_serve({function!r}, {request!r}, {response!r}, {timeout!r}, "
                 f"{tuple(references)!r})\ndel _workbench_serve")

@@ -84,7 +84,7 @@ def _call(function: str, request: str, references) -> dict:
     fn = namespace.get(function)
     if not callable(fn):
         return {"error": {"kind": "missing", "type": type(fn).__name__}}
-    args, kwargs = torch.load(request, weights_only=False)  # written by the grader
+    args, kwargs = transport.open_request(torch.load(request, weights_only=False))  # trusted
     arguments = transport.tracked((args, kwargs))
     before = [transport.snapshot(obj) for obj in arguments]
     block_references(references)

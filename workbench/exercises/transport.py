@@ -132,6 +132,25 @@ def apply_changes(obj, change: dict) -> None:
         obj.__workbench_restore__(change["object"])
 
 
+def request(args: tuple, kwargs: dict) -> tuple:
+    """What the grader sends for a call: the arguments, and the ``.grad`` of every tracked
+    module's parameters, which pickling a module drops (a check may hand over a model with
+    old gradients, to see whether the learner clears them)."""
+    grads = [_grads(obj) if isinstance(obj, nn.Module) else None
+             for obj in tracked((args, kwargs))]
+    return args, kwargs, grads
+
+
+def open_request(payload: tuple) -> tuple[tuple, dict]:
+    """The kernel's side of :func:`request`: the arguments with their modules' ``.grad``."""
+    args, kwargs, grads = payload
+    for obj, module_grads in zip(tracked((args, kwargs)), grads):
+        if module_grads is not None:
+            for name, param in obj.named_parameters():
+                param.grad = module_grads.get(name)
+    return args, kwargs
+
+
 # ----------------------------------------------------------------------------- results
 
 class _Unreadable:
