@@ -98,3 +98,17 @@ def test_two_worker_processes_give_the_numbers_of_one(quick, tmp_path, monkeypat
     assert two == one
     assert sorted(quick.rglob("*")) == cached  # nothing written to the cache
     assert list(tmp_path.glob("workbench-lat-*")) == []  # and the run's scratch folder is gone
+
+
+def test_the_trojaned_model_does_not_depend_on_the_callers_thread_count(quick):
+    import torch
+
+    weights = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            weights.append(experiment.trojaned_model(3, cache=False).state_dict())
+        finally:
+            torch.set_num_threads(previous)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -12,7 +12,9 @@ fine-tuned model is measured on the test split:
 
 Where and how hard LAT pushes is chosen by :func:`run_lat_sweep` on a validation split carved
 from the training digits (never the test split). Trained models and results are cached under
-``cache_dir() / "lat"``; a second run only reads them.
+``cache_dir() / "lat"``; a second run only reads them. Training always runs on one torch
+thread, so the cached weights, and every number, are the same whether the notebook, the
+command line or a worker process trains a model first.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def trojaned_model(seed: int, *, cache: bool = True, progress: bool = False):
     model = digits_resnet(seed=seed)
     if not (cache and load_state(model, path)):
         x_train, y_train, *_ = digits_splits()  # not the validation images: the sweep reads them
-        model = train_trojaned(seed, data=(x_train, y_train), progress=progress, **BASE)
+        with torch_threads(1):  # the same weights whoever trains first (notebook, CLI, worker)
+            model = train_trojaned(seed, data=(x_train, y_train), progress=progress, **BASE)
         if cache:
             save_state(model, path, what=f"trojaned digits ResNet (seed {seed})")
     return model.eval()
@@ -109,8 +112,9 @@ def finetuned_model(method: str, seed: int, perturbation: Perturbation, *, cache
     if cache and load_state(model, path):
         return model.eval()
     x_train, y_train, *_ = digits_splits()
-    finetune(model, x_train, y_train, method=method, perturbation=perturbation, seed=seed,
-             progress=progress, **FINETUNE)
+    with torch_threads(1):
+        finetune(model, x_train, y_train, method=method, perturbation=perturbation, seed=seed,
+                 progress=progress, **FINETUNE)
     if cache:
         save_state(model, path, what=f"{method}-fine-tuned digits ResNet (seed {seed})")
     return model.eval()
