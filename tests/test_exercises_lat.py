@@ -85,7 +85,8 @@ class Served:
         return torch.load(buffer, weights_only=weights_only)
 
     def __call__(self, *args, **kwargs):
-        their_args, their_kwargs = self._through_file((args, kwargs), weights_only=False)
+        their_args, their_kwargs = transport.open_request(
+            self._through_file(transport.request(args, kwargs), weights_only=False))
         theirs = transport.tracked((their_args, their_kwargs))
         before = [transport.snapshot(obj) for obj in theirs]
         error = result = None
@@ -157,9 +158,10 @@ def test_the_checks_are_the_ones_these_tests_name():
         assert get_exercise(name).notebook == "04_lat"
 
 
-def test_the_check_models_count_hooks_and_carry_grads_through_pickling():
+def test_the_check_models_count_hooks_and_carry_grads_to_the_kernel():
     model = nb04_lat._stale_grads(nb04_lat.LayeredNet(0), 0)
-    copy = Served._through_file(model, weights_only=False)
+    (copy,), _ = transport.open_request(
+        Served._through_file(transport.request((model,), {}), weights_only=False))
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(),
                                                           copy.parameters()))
     handle = get_layer(copy, "layer2.0").register_forward_hook(lambda *_: None)

@@ -28,11 +28,6 @@ call raised: the grader applies the changes before it reports the error). The le
 with the model (a module-level class), so it keeps counting in the kernel. What it cannot see:
 hooks registered globally (``torch.nn.modules.module.register_module_forward_hook``), which
 belong to no module; the exercise does not ask for those.
-
-The same transport drops a parameter's ``.grad`` when it pickles the model (``Parameter``
-pickles without it), so :class:`LayeredNet` carries its parameters' ``.grad`` in its own
-pickled state: a check that hands over stale gradients (``lat_step`` must clear them) hands
-them to the learner's kernel too.
 """
 
 from __future__ import annotations
@@ -132,8 +127,7 @@ class LayeredNet(nn.Module):
     Layers (output shape per example): ``conv1`` (6, 8, 8), ``bn1``, ``relu``, ``layer1`` (conv,
     BatchNorm, ReLU; 6, 8, 8), ``layer2`` (stride-2 conv, BatchNorm, ReLU; 8, 4, 4), ``drop``
     (Dropout, off unless ``dropout``), ``fc``. Random BatchNorm statistics, so train and eval
-    mode differ. Built in eval mode, counting its hooks (:func:`count_hooks`); its parameters'
-    ``.grad`` travel with it when it is pickled.
+    mode differ. Built in eval mode, counting its hooks (:func:`count_hooks`).
     """
 
     def __init__(self, seed: int = 0, *, dropout: float = 0.0):
@@ -167,20 +161,6 @@ class LayeredNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer2(self.layer1(x))
         return self.fc(self.drop(x).flatten(1))
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state["_workbench_grads"] = {name: p.grad for name, p in self.named_parameters()
-                                     if p.grad is not None}
-        return state
-
-    def __setstate__(self, state):
-        state = dict(state)
-        grads = state.pop("_workbench_grads", {})
-        super().__setstate__(state)
-        params = dict(self.named_parameters())
-        for name, grad in grads.items():
-            params[name].grad = grad
 
 
 def _batch(seed: int, n: int, shape=IMAGE_SHAPE, classes: int = NUM_CLASSES):
