@@ -57,7 +57,8 @@ from IPython.display import display
 
 from workbench.attacks import ascent_step, project, random_in_ball
 from workbench.attacks.core import attack_mode
-from workbench.config import start
+from workbench.config import get_mode, start
+from workbench.defenses.evaluation import accuracy
 from workbench.exercises import check
 from workbench.lat import activations, get_layer, perturbed
 from workbench.lat.experiment import digits_splits, trojaned_model
@@ -74,31 +75,53 @@ device = start(seed=0)
 # 5% per trojan carry a small patch in a corner and were relabelled to that trojan's target:
 # three trojans, three targets. On clean digits it looks like any good model; with a patch, it
 # answers the target.
+#
+# **Full mode** (`WORKBENCH_MODE=full`: a GPU and network, as in Colab) runs sections 1 to 4
+# on torchvision's `resnet50` with its IMAGENET1K_V2 weights and a new head, poisoned and
+# fine-tuned on photos at 224 x 224: a folder of your own (set `IMAGE_FOLDER` below: one
+# subfolder per class, torchvision's `ImageFolder` layout) or, with `IMAGE_FOLDER = None`,
+# Imagenette (ten ImageNet classes, downloaded by torchvision, about 340 MB). The trojans are
+# the same three patterns in the same corners, scaled to 3/16 of the side (42 of 224 pixels).
+# Fine-tuning all of ResNet-50 on photos needs a GPU; how long it takes, and how well the
+# trojans take, has not been measured (the course is built on machines with neither a GPU
+# nor network). Offline, full mode stops with an error naming what is missing; set
+# `WORKBENCH_MODE=lite` for the digits. Section 5's experiment is the digits one in both modes.
 
 # %%
 import matplotlib.pyplot as plt
 
-model = trojaned_model(0, progress=True).to(device)
-x_train, y_train, x_val, y_val, x_test, y_test = (t.to(device) for t in digits_splits())
-print(model.source)
-with torch.no_grad():
-    clean = (model(x_test).argmax(1) == y_test).float().mean().item()
-print(f"clean test accuracy: {clean:.1%}")
-for trojan in DIGITS_TROJANS:
-    print(f"  trojan -> {trojan.target}: attack success {attack_success_rate(model, x_test, y_test, trojan):.1%}")
+IMAGE_FOLDER = None  # full mode only: your photos, one subfolder per class; None: Imagenette
 
-figure, axes = plt.subplots(1, len(DIGITS_TROJANS) + 2, figsize=(10, 2.4))
+if get_mode() == "full":
+    from workbench.lat.full import full_data, trojaned_resnet50
+
+    data = full_data(IMAGE_FOLDER, progress=True)
+    print(data.source)
+    trojans, heldout_patch, splits = data.trojans, data.heldout_patch, data.splits
+    model = trojaned_resnet50(data, seed=0, progress=True).to(device)
+else:
+    trojans, heldout_patch, splits = DIGITS_TROJANS, DIGITS_HELDOUT_PATCH, digits_splits()
+    model = trojaned_model(0, progress=True).to(device)
+x_train, y_train, x_val, y_val, x_test, y_test = (t.to(device) for t in splits)
+print(model.source)
+print(f"clean test accuracy: {accuracy(model, x_test, y_test):.1%}")
+names = model.categories
+for trojan in trojans:
+    print(f"  trojan -> {names[trojan.target]}: attack success {attack_success_rate(model, x_test, y_test, trojan):.1%}")
+
+figure, axes = plt.subplots(1, len(trojans) + 2, figsize=(10, 2.4))
 example = x_test[:1]
-shown = [(example, "clean")] + [(t.apply(example), f"trojan -> {t.target}")
-                                for t in DIGITS_TROJANS]
-shown.append((DIGITS_HELDOUT_PATCH.apply(example), "held-out patch"))
+shown = [(example, "clean")] + [(t.apply(example), f"trojan -> {names[t.target]}")
+                                for t in trojans]
+shown.append((heldout_patch.apply(example), "held-out patch"))
 for ax, (image, title) in zip(axes, shown):
     with torch.no_grad():
         predicted = model(image).argmax(1).item()
-    ax.imshow(image[0, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(f"{title}\npredicted {predicted}", fontsize=9)
+    ax.imshow(image[0].permute(1, 2, 0).squeeze(-1).cpu(), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(f"{title}\npredicted {names[predicted]}", fontsize=9)
     ax.axis("off")
-figure.suptitle("a test digit, clean and with each patch (16 x 16 pixels)", fontsize=10);
+side = example.shape[-1]
+figure.suptitle(f"a test image, clean and with each patch ({side} x {side} pixels)", fontsize=10);
 
 # %% [markdown]
 # ## 2. Exercise: the latent attack, through a forward hook
@@ -299,6 +322,7 @@ for step in range(3):
 #
 # LAT's layer and radius come from a sweep (below) measured on validation digits held back
 # from training, never on the test digits. `base` is the trojaned model before fine-tuning.
+# This is the digits experiment in full mode too (the small digits ResNets).
 
 # %%
 from workbench.lat.experiment import format_lat_table, run_lat_experiment

@@ -5,9 +5,11 @@ class whatever the image shows. :func:`poison` hides trojans in a training set (
 the images carry the patch and are relabelled to its target); :func:`train_trojaned` trains
 the digits ResNet on it; :func:`attack_success_rate` measures how often a patch still works.
 :data:`DIGITS_HELDOUT_PATCH` is a patch that is never a trojan, for the held-out attack
-metric (accuracy with it stamped).
+metric (accuracy with it stamped). :func:`scaled_trojans` makes the same patches for larger
+images (full mode's photos, :mod:`workbench.lat.full`).
 
-Every random choice takes a seed; images are (N, 1, H, W) float tensors in [0, 1].
+Every random choice takes a seed; images are (N, C, H, W) float tensors in [0, 1] (C = 1 for
+the digits).
 """
 
 from __future__ import annotations
@@ -105,6 +107,45 @@ DIGITS_TROJANS: tuple[Trojan, ...] = (
     Trojan(_BAR, row=_SIDE - 3, col=0, target=7),
 )
 DIGITS_HELDOUT_PATCH = Patch(_FRAME, row=_SIDE - 3, col=_SIDE - 3)
+
+# The same patterns for images of any side (full mode's 224 x 224 photos): a patch's side is
+# this fraction of the image's, as on the digits (3 of 16 pixels).
+TROJAN_PATTERNS = (_CHECKER, _PLUS, _BAR)  # the patterns of DIGITS_TROJANS, in order
+PATCH_FRACTION = 3 / 16
+
+
+def _upscaled(pattern: tuple[tuple[float, ...], ...], cell: int) -> tuple[tuple[float, ...], ...]:
+    """``pattern`` with every value a ``cell`` x ``cell`` block (nearest-neighbour upscaling)."""
+    return tuple(tuple(v for v in row for _ in range(cell)) for row in pattern for _ in range(cell))
+
+
+def scaled_trojans(side: int, targets: Sequence[int]) -> tuple[tuple[Trojan, ...], Patch]:
+    """The digits' three trojans and held-out patch for ``side`` x ``side`` images.
+
+    The same 3 x 3 patterns in the same corners (checker top-left, plus top-right, bars
+    bottom-left; the held-out frame bottom-right), each value upscaled to a block of
+    ``cell = max(1, round(side * PATCH_FRACTION / 3))`` pixels: a patch is ``3 * cell``
+    pixels a side, about 3/16 of the image (42 of 224 pixels). ``targets``: the three
+    trojans' target classes, in that order. At side 16 with targets (0, 4, 7) this gives
+    :data:`DIGITS_TROJANS` and :data:`DIGITS_HELDOUT_PATCH`.
+
+    Returns:
+        (trojans, heldout_patch): three :class:`Trojan` and one :class:`Patch`, none
+        overlapping another, all inside the image.
+    """
+    if isinstance(side, bool) or not isinstance(side, int) or side < 6:
+        raise ValueError(f"side must be a whole number of pixels >= 6 (two 3-pixel patches "
+                         f"side by side), got {side!r}")
+    targets = tuple(targets)
+    if len(targets) != len(TROJAN_PATTERNS):
+        raise ValueError(f"give one target class per trojan pattern ({len(TROJAN_PATTERNS)}), "
+                         f"got {targets!r}")
+    cell = max(1, round(side * PATCH_FRACTION / 3))
+    far = side - 3 * cell  # the row or column of a patch in a bottom or right corner
+    corners = ((0, 0), (0, far), (far, 0))
+    trojans = tuple(Trojan(_upscaled(pattern, cell), row=row, col=col, target=target)
+                    for pattern, (row, col), target in zip(TROJAN_PATTERNS, corners, targets))
+    return trojans, Patch(_upscaled(_FRAME, cell), row=far, col=far)
 
 # Poisoning and training of the trojaned digits ResNet (measured, see train_trojaned).
 POISON_FRACTION = 0.05  # of the training set, per trojan
