@@ -80,8 +80,9 @@ device = start(seed=0)
 # on torchvision's `resnet50` with its IMAGENET1K_V2 weights and a new head, poisoned and
 # fine-tuned on photos at 224 x 224: a folder of your own (set `IMAGE_FOLDER` below: one
 # subfolder per class, torchvision's `ImageFolder` layout) or, with `IMAGE_FOLDER = None`,
-# Imagenette (ten ImageNet classes, downloaded by torchvision, about 340 MB). The trojans are
-# the same three patterns in the same corners, scaled to 3/16 of the side (42 of 224 pixels).
+# Imagenette (ten ImageNet classes; torchvision downloads its 320 px archive). The trojans
+# are the same three patterns in the same corners, scaled to 3/16 of the side (42 of 224
+# pixels).
 # Fine-tuning all of ResNet-50 on photos needs a GPU; how long it takes, and how well the
 # trojans take, has not been measured (the course is built on machines with neither a GPU
 # nor network). Offline, full mode stops with an error naming what is missing; set

@@ -217,8 +217,8 @@ def load_imagenette(root, *, split: str = "train", size: int = 224, variant: str
             images in ``root / "imagenette2-320" / split / <wnid>`` for the 320px variant).
         split: "train" (9,469 images) or "val" (3,925).
         size: side of the square images returned, in pixels (as :func:`load_image_folder`).
-        variant: torchvision's archive: "320px" (shorter side 320 px, about 340 MB, the
-            smallest above 224), "160px" or "full".
+        variant: torchvision's archive: "320px" (shorter side 320 px, the smallest above
+            224), "160px" or "full".
         max_per_class, seed, progress: as :func:`load_image_folder`.
         download: download and unpack the archive when it is not in ``root`` yet.
 
