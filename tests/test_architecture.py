@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "workbench"
 # subpackage or module right below ``workbench``) and of packages of lower layers only.
 LAYERS = (
     ("foundation", {"config", "stats"}),
+    ("workers", {"workers"}),
     ("cache", {"cache"}),
     ("data", {"data"}),
     ("models", {"models"}),
@@ -29,6 +30,7 @@ LAYERS = (
     ("defences and safety", {"defenses", "safety"}),
     ("latent attacks and red teaming", {"lat", "redteam"}),
     ("experiments", {"experiments"}),
+    ("defence experiment", {"defense_experiment"}),
     ("viz", {"viz"}),
     ("widgets", {"widgets"}),
     ("notebook building", {"notebooks"}),

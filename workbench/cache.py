@@ -15,9 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from workbench.config import cache_dir
-
-CACHE_ENV = "WORKBENCH_CACHE"  # read by workbench.config.cache_dir
+from workbench.config import CACHE_ENV, cache_dir
 
 
 def cache_file(folder: str, name: str) -> Path:
@@ -116,3 +114,21 @@ def save_state(model, path: Path, *, what: str) -> None:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     save_cached(lambda file: file.write_bytes(buffer.getvalue()), path, what=what)
+
+
+def cached_json(path: Path, compute: Callable[[], dict], *, cache: bool, what: str) -> dict:
+    """The JSON result kept at ``path``, or ``compute()`` saved there (``cache`` False: always
+    ``compute()``, nothing read or written). An unreadable file is computed again and
+    overwritten; a cache that cannot be written warns (:func:`save_cached`)."""
+    import json
+
+    if cache and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass  # unreadable: compute it again and overwrite
+    result = compute()
+    if cache:
+        text = json.dumps(result)
+        save_cached(lambda file: file.write_text(text), path, what=what)
+    return result

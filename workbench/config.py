@@ -118,12 +118,15 @@ def quiet_native_stderr():
             os.close(saved)
 
 
+CACHE_ENV = "WORKBENCH_CACHE"  # names the cache folder
+
+
 def cache_dir() -> Path:
     """Where the workbench keeps what it computes once (trained lite models, converted weights).
 
     ``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``.
     """
-    root = os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench"
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "workbench"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path

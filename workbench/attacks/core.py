@@ -170,6 +170,13 @@ def check_batch(model: nn.Module, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.to(device=device, dtype=torch.long)
 
 
+def check_images(model: nn.Module, x) -> torch.Tensor:
+    """:func:`check_batch` for images without labels: x (N, C, H, W) validated, on the
+    model's device."""
+    n = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
+    return check_batch(model, x, torch.zeros(n, dtype=torch.long))[0]
+
+
 def check_labels(y: torch.Tensor, num_classes: int, *, name: str = "y") -> None:
     """ValueError when a label is outside [0, num_classes)."""
     bad = (y < 0) | (y >= num_classes)
@@ -211,6 +218,21 @@ def attack_objective(logits: torch.Tensor, y: torch.Tensor, *, targeted: bool) -
     """
     objective = F.cross_entropy(logits.float(), y, reduction="none")
     return -objective if targeted else objective
+
+
+def margin_objective(logits: torch.Tensor, y: torch.Tensor, *, targeted: bool) -> torch.Tensor:
+    """Carlini and Wagner's f6 margin, what the attacker ascends, per example: logits (N, K),
+    y (N,) -> (N,) float32.
+
+    Untargeted ``max_{j != y} z_j - z_y`` (positive once the example is misclassified);
+    targeted ``z_y - max_{j != y} z_j`` with y the target. A difference of logits, not of
+    probabilities: a softmax that saturates in float32 (logits scaled up, as defensive
+    distillation does at T = 1) zeroes the cross-entropy's gradient, but not this one's.
+    """
+    z = logits.float()
+    true = z.gather(1, y[:, None]).squeeze(1)
+    best_other = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return true - best_other if targeted else best_other - true
 
 
 def success_from_logits(logits: torch.Tensor, y: torch.Tensor, *,

@@ -19,6 +19,7 @@ Restarts are in :mod:`workbench.attacks.restarts`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,10 +28,12 @@ from torch import nn
 
 from workbench.attacks.core import (
     attack_mode,
+    attack_objective,
     cast_towards,
     check_batch,
     check_budget,
     check_generator,
+    margin_objective,
     objective_and_gradient,
     per_example,
     success_from_logits,
@@ -38,6 +41,7 @@ from workbench.attacks.core import (
 )
 
 NORMS = ("linf", "l2")
+LOSSES = {"ce": attack_objective, "margin": margin_objective}  # name -> (logits, y, *, targeted)
 _TINY = 1e-12
 
 
@@ -49,7 +53,8 @@ class AttackResult:
     * ``success``: (N,) bool, per example: the prediction left the label (untargeted) or
       reached the target (targeted).
     * ``loss_trace``: (steps, N) float32, the attack objective after each step (cross-entropy
-      of the label, or minus cross-entropy of the target when targeted): it should rise.
+      of the label, or minus cross-entropy of the target when targeted; the logit margin
+      with ``loss="margin"``): it should rise.
     """
 
     x_adv: torch.Tensor
@@ -154,7 +159,7 @@ def random_in_ball(like: torch.Tensor, eps, norm: str,
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps: int,
         norm: str = "linf", targeted: bool = False, random_start: bool = True,
         generator: torch.Generator | None = None, early_stop: bool = False,
-        on_step: Callable[[PGDStep], None] | None = None) -> AttackResult:
+        on_step: Callable[[PGDStep], None] | None = None, loss: str = "ce") -> AttackResult:
     """Projected gradient descent.
 
     Args:
@@ -175,6 +180,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
             start and after every step) and leaves the batch the model sees.
         on_step: called after every step with a :class:`PGDStep`, e.g. to draw a live loss
             curve or keep every step's images.
+        loss: what the attack ascends, from the logits: "ce", the cross-entropy of the label
+            (of minus the target's, targeted), or "margin", Carlini and Wagner's logit
+            margin (:func:`~workbench.attacks.core.margin_objective`), whose gradient
+            survives a saturated softmax.
 
     Returns:
         :class:`AttackResult` with ``x_adv`` (N, C, H, W), ``success`` (N,), ``loss_trace``
@@ -187,6 +196,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
     """
     x, y, eps, alpha = check_pgd_arguments(model, x, y, eps=eps, alpha=alpha, steps=steps,
                                            norm=norm, generator=generator)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+    objective_fn = functools.partial(LOSSES[loss], targeted=targeted)
     n = x.shape[0]
     with attack_mode(model):
         x_adv = random_start_point(x, eps, norm, generator) if random_start else x.clone()
@@ -199,7 +211,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, alpha, steps
             # Objective and logits where step k starts (= after step k - 1); a gradient only
             # when a step follows.
             value, grad, out = objective_and_gradient(
-                model, x_adv[rows], y[rows], targeted=targeted, gradient=k < steps, check=k == 0)
+                model, x_adv[rows], y[rows], targeted=targeted, gradient=k < steps, check=k == 0,
+                objective_fn=objective_fn)
             logits = out.new_zeros((n, out.shape[1])) if logits is None else logits
             objective[rows], logits[rows] = value, out
             success[rows] = success_from_logits(out, y[rows], targeted=targeted)

@@ -1,4 +1,5 @@
-"""The small CNN notebook 03 (part B) trains on the digits: standard, AdvProp or PGD-AT."""
+"""The small CNN notebook 03 (part B) trains on the digits (standard, AdvProp or PGD-AT), and a
+classifier behind a preprocessing defence (notebook 07)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def digits_cnn(*, dual_bn: bool = False, seed: int = 0) -> Classifier:
         weights=f"initialised from seed {seed}",
         source=f"A small CNN with {kind}, initialised from seed {seed}, for scikit-learn's "
                f"digits upsampled to 16 x 16; train it with workbench.defenses.")
+
+
+class Preprocessed(nn.Module):
+    """A classifier behind a preprocessing defence: ``model(preprocess(x))``, (N, C, H, W) ->
+    (N, K) logits. ``preprocess`` maps images to images: a feature squeezer, an autoencoder, or
+    the attacker's :class:`~workbench.attacks.adaptive.BPDA` stand-in for one."""
+
+    def __init__(self, preprocess: nn.Module, model: nn.Module):
+        super().__init__()
+        self.preprocess, self.model = preprocess, model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))

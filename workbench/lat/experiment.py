@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.attacks import pgd
-from workbench.cache import CACHE_ENV, cache_file, load_state, save_cached, save_state
+from workbench.cache import CACHE_ENV, cache_file, cached_json, load_state, save_state
 from workbench.config import torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy
@@ -163,17 +163,8 @@ def _row(method: str, runs: list[dict]) -> dict:
 
 
 def _cached_result(name: str, key: dict, compute, cache: bool) -> dict:
-    path = cache_file("lat", f"{name}-{_digest(key)}.json")
-    if cache and path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            pass  # unreadable: compute it again and overwrite
-    result = compute()
-    if cache:
-        text = json.dumps(result)
-        save_cached(lambda file: file.write_text(text), path, what=f"{name} results")
-    return result
+    return cached_json(cache_file("lat", f"{name}-{_digest(key)}.json"), compute, cache=cache,
+                       what=f"{name} results")
 
 
 # ----------------------------------------------------------------------------- running the jobs
