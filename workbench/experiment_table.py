@@ -48,6 +48,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "workbench.lat.experiment.format_lat_table",
                "notebook 04: a trojaned digits ResNet fine-tuned by FT, RLP, AT and LAT: clean "
                "accuracy, trojan success, held-out attacks, and LAT's layer x radius sweep"),
+    Experiment("lat-llm", "workbench.lat.llm_experiment.run_lat_llm_experiment",
+               "workbench.lat.llm_experiment.format_lat_llm_table",
+               "notebook 05: a lite Llama with keyword backdoors fine-tuned by FT, RLP, AT "
+               "and LAT: clean exact match, backdoor success, and the layer x radius sweep"),
     Experiment("defenses", "workbench.defense_experiment.run_defenses_experiment",
                "workbench.defense_experiment.format_defenses_table",
                "notebook 07: feature squeezing, distillation, reconstruction and PGD-AT under "
