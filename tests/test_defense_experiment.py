@@ -87,3 +87,24 @@ def test_the_command_prints_the_table_and_the_json(quick, capsys):
     assert [row["defense"] for row in printed["rows"]] == list(experiment.DEFENSES)
     text = experiment.format_defenses_table(printed)
     assert "feature_squeezing" in text and "sanity checks" in text and "detector" in text
+
+
+def test_squeezing_defends_any_classifier_and_bpda_attacks_it():
+    """Section 8's path: feature squeezing in front of a 3-channel classifier (an ImageNet
+    one in the notebook), its four accuracies."""
+    import torch
+    from torch import nn
+
+    from workbench.defenses.squeezing import Squeezer
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.rand((8, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image right when clean
+    defence = experiment.squeezing_defence(model, Squeezer(bits=5, median=2))
+    assert defence.served.preprocess.bits == 5
+    result = experiment.accuracies(defence, x, y, eps=0.1,
+                                   generator=torch.Generator().manual_seed(0))
+    assert set(result) == set(KEYS)
+    assert result["worst_acc"] <= min(result[k] for k in KEYS[1:4])
+    assert result["adaptive_acc"] < result["autograd_acc"]  # BPDA moves, autograd cannot

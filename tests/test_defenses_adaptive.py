@@ -16,6 +16,7 @@ from workbench.defenses.distillation import (distillation_loss, soft_labels, tra
                                              train_student)
 from workbench.defenses.evaluation import accuracy
 from workbench.defenses.models import Preprocessed, digits_cnn
+from workbench.defenses.randomized import RandomNoise
 from workbench.defenses.reconstruction import digits_autoencoder, train_autoencoder
 from workbench.defenses.sanity import pgd_attack, sanity_checks, strongest_of
 from workbench.defenses.squeezing import (JointViews, SqueezeDetector, Squeezer, bit_depth,
@@ -105,16 +106,9 @@ def test_bpda_predicts_as_the_squeezer_and_has_the_identitys_gradient():
         straight_through(x, x[:1])
 
 
-class NoisyInput(nn.Module):
-    """A randomised defence for the tests: Gaussian noise, then the model."""
-
-    def __init__(self, model, std, seed):
-        super().__init__()
-        self.model, self.std = model, std
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def forward(self, x):
-        return self.model(x + self.std * torch.randn(x.shape, generator=self.generator))
+def NoisyInput(model, std, seed):
+    """A randomised defence: Gaussian noise, then the model."""
+    return Preprocessed(RandomNoise(std, seed=seed), model)
 
 
 def test_eot_is_the_log_of_the_mean_prediction_over_draws(trained):

@@ -22,7 +22,7 @@ NOTEBOOKS = ROOT / "notebooks"
 # 04_lat runs in about 180 s from an empty cache (its experiment trains 24 models); grading
 # adds its checks.
 BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420,
-            "04_lat": 240}
+            "04_lat": 240, "07_defenses": 240}
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -92,7 +92,8 @@ def test_setup_notebook_runs_in_lite_mode_within_budget():
 EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
              "02_fgsm": ["fgsm", "sweep_eps"],
              "03_pgd": ["pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"],
-             "04_lat": ["latent_attack", "lat_step"]}
+             "04_lat": ["latent_attack", "lat_step"],
+             "07_defenses": ["bpda_attack", "attack_through_autoencoder"]}
 
 
 @pytest.mark.notebook
@@ -111,7 +112,7 @@ def test_solution_runs_within_budget_and_grades_as_passing(stem):
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat"])
+@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat", "07_defenses"])
 def test_student_notebook_grades_as_failing(stem):
     done = _run("grade", f"notebooks/student/{stem}.ipynb", "--json",
                 timeout=BUDGET_S[stem] + 120)
@@ -227,3 +228,14 @@ def test_notebook_04_prints_the_numbers_of_workbench_experiment_lat_vision(execu
     table = format_lat_table(run_lat_experiment())  # from the cache the notebook filled
     assert table in printed
     assert "within their spreads" in printed or "better than" in printed or "worse than" in printed
+
+
+@pytest.mark.notebook
+def test_notebook_07_prints_the_numbers_of_workbench_experiment_defenses(executed_solution):
+    from workbench.defense_experiment import (format_defenses_table, reading,
+                                              run_defenses_experiment)
+
+    printed = _printed(executed_solution("07_defenses"))
+    result = run_defenses_experiment()  # from the cache the notebook filled
+    assert format_defenses_table(result) in printed
+    assert all(sentence in printed for sentence in reading(result))

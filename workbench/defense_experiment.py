@@ -22,7 +22,8 @@ Each is measured on the test split at one L-inf budget (:data:`EPS`) by four num
   cross-entropy and with the logit margin on the attacker's stand-in for the defence (BPDA for
   the squeezer, the logits divided by T for distillation, the whole pipeline for
   reconstruction, the model itself otherwise);
-* ``worst_acc``: the worst case per image over all three attacks: the number to trust.
+* ``worst_acc``: the worst case per image over all three attacks (and the clean image): the
+  number to trust.
 
 Also: accuracy-versus-eps curves under the naive and the adaptive attack, the feature-squeezing
 detector's detection rates at a fixed false-positive rate, and the sanity checks of
@@ -60,7 +61,8 @@ from workbench.workers import default_workers, run_in_workers
 
 DEFENSES = ("none", "feature_squeezing", "distillation", "reconstruction",
             "adversarial_training")
-CACHE_VERSION = 1  # bump when a model, the data or a protocol below changes
+CACHE_VERSION = 1  # bump when a model or its training changes
+RESULTS_VERSION = 2  # bump when what is measured changes (cached results are then redone)
 NAIVE_STEPS = 10
 ADAPTIVE_STEPS = 20
 ADAPTIVE_LOSSES = ("ce", "margin")
@@ -72,7 +74,7 @@ CURVE_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # pixel units
 CURVE_IMAGES = 200  # test images the curves and the sanity checks use
 DETECTOR_IMAGES = 225  # test images attacked for the detector; the other 225 calibrate it
 SOURCE_SEED = 100  # the undefended model the sanity checks' transfer attack crafts on
-SANITY_EFFORT = {"more_steps": 30, "restarts": 2}  # against NAIVE_STEPS or ADAPTIVE_STEPS, 1 start
+SANITY_EFFORT = {"more_steps": 30, "restarts": 2}  # vs the attack's own steps and one start
 METRICS = ("clean_acc", "naive_acc", "autograd_acc", "adaptive_acc", "worst_acc")
 
 
@@ -147,8 +149,8 @@ def defences(seed: int, *, cache: bool = True, progress: bool = False) -> dict[s
 
 
 def _defence_list(base: nn.Module, distilled: nn.Module, reconstructed: nn.Module,
-                  robust: nn.Module) -> list[Defence]:
-    squeezer = Squeezer(**SQUEEZE)
+                  robust: nn.Module, *, squeezer: Squeezer | None = None) -> list[Defence]:
+    squeezer = Squeezer(**SQUEEZE) if squeezer is None else squeezer
     on_base = "PGD on the classifier behind the defence, as if it were not there"
     itself = "PGD on the model itself"
     both = "the worst of the cross-entropy and the logit margin"
@@ -176,23 +178,40 @@ def attacks_of(defence: Defence) -> dict:
             "adaptive": strongest_of(defence.served, adaptive)}
 
 
+def attack_steps() -> dict[str, int]:
+    """PGD steps of each evaluation attack: "naive", "autograd", "adaptive"."""
+    return {"naive": NAIVE_STEPS, "autograd": NAIVE_STEPS, "adaptive": ADAPTIVE_STEPS}
+
+
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(xb).argmax(1) for xb in x.split(256)]) == y
 
 
-def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> dict:
-    """The four accuracies of ``defence`` on x (N, 1, 16, 16), y (N,) and its two curves on
-    the first :data:`CURVE_IMAGES`; random starts from ``seed``."""
-    attacks = attacks_of(defence)
-    generator = torch.Generator().manual_seed(seed)
-    steps = {"naive": NAIVE_STEPS, "autograd": NAIVE_STEPS, "adaptive": ADAPTIVE_STEPS}
-    robust = {name: _correct(defence.served, attack(x, y, EPS, steps[name], generator), y)
-              for name, attack in attacks.items()}
-    result = {"seed": seed, "clean_acc": accuracy(defence.served, x, y)}
+def accuracies(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+               generator: torch.Generator) -> dict:
+    """``clean_acc`` and, at the L-inf budget ``eps`` (pixel units), ``naive_acc``,
+    ``autograd_acc``, ``adaptive_acc`` and ``worst_acc`` (an image counts when it is right
+    clean and under each of the three attacks) of ``defence`` on images x (N, C, H, W) in [0, 1], labels y (N,); random starts
+    from ``generator``. Works for any classifier a :class:`Defence` wraps (digits or
+    ImageNet)."""
+    steps = attack_steps()
+    robust = {name: _correct(defence.served, attack(x, y, eps, steps[name], generator), y)
+              for name, attack in attacks_of(defence).items()}
+    clean = _correct(defence.served, x, y)
+    result = {"clean_acc": clean.float().mean().item()}
     for name, survived in robust.items():
         result[f"{name}_acc"] = survived.float().mean().item()
-    result["worst_acc"] = torch.stack(list(robust.values())).all(0).float().mean().item()
+    result["worst_acc"] = torch.stack([clean, *robust.values()]).all(0).float().mean().item()
+    return result
+
+
+def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> dict:
+    """:func:`accuracies` of ``defence`` on x (N, 1, 16, 16), y (N,) at :data:`EPS`, and its
+    naive and adaptive curves over :data:`CURVE_EPS` on the first :data:`CURVE_IMAGES`."""
+    generator = torch.Generator().manual_seed(seed)
+    result = {"seed": seed, **accuracies(defence, x, y, eps=EPS, generator=generator)}
+    attacks, steps = attacks_of(defence), attack_steps()
     xc, yc = x[:CURVE_IMAGES], y[:CURVE_IMAGES]
     for name in ("naive", "adaptive"):
         result[f"{name}_curve"] = [
@@ -201,6 +220,13 @@ def evaluate(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, seed: int) -
                      yc).float().mean().item()
             for eps in CURVE_EPS]
     return result
+
+
+def squeezing_defence(model: nn.Module, squeezer: Squeezer) -> Defence:
+    """Feature squeezing in front of any classifier (an ImageNet one, say): served
+    ``model(squeezer(x))``, attacked naively on ``model`` alone and adaptively through BPDA."""
+    return next(d for d in _defence_list(model, model, model, model, squeezer=squeezer)
+                if d.name == "feature_squeezing")
 
 
 def detector_result(base: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> dict:
@@ -231,11 +257,10 @@ def sanity_of(defence: Defence, source: nn.Module, x: torch.Tensor, y: torch.Ten
               seed: int) -> dict:
     """The sanity checks of ``defence`` under its autograd and its adaptive attack."""
     attacks = attacks_of(defence)
-    steps = {"autograd": NAIVE_STEPS, "adaptive": ADAPTIVE_STEPS}
     return {name: as_dicts(sanity_checks(defence.served, x, y, eps=EPS, attack=attacks[name],
-                                         source=source, steps=steps[name], seed=seed,
+                                         source=source, steps=attack_steps()[name], seed=seed,
                                          **SANITY_EFFORT))
-            for name in steps}
+            for name in ("autograd", "adaptive")}
 
 
 def _seed_run(seed: int, *, cache: bool, progress: bool) -> dict:
@@ -274,7 +299,7 @@ def _seed_job(seed: int, cache: bool, settings: dict) -> dict:
     a worker process starts from the module's defaults), read from or written to the cache
     (``cache``)."""
     globals().update({name: settings[name.lower()] for name in TUNABLE})
-    key = {"seed": seed, **json.loads(json.dumps(settings))}
+    key = {"seed": seed, "results": RESULTS_VERSION, **json.loads(json.dumps(settings))}
     path = cache_file("defenses", f"results-seed{seed}-{_digest(key)}.json")
     return cached_json(path, lambda: _seed_run(seed, cache=cache, progress=False), cache=cache,
                        what=f"defence results (seed {seed})")
@@ -373,3 +398,50 @@ def format_defenses_table(result: dict) -> str:
     lines.append(f"L-inf eps {result['eps']:g}; means ± sample std over seeds {result['seeds']}; "
                  f"test split of 450 digits")
     return "\n".join(lines)
+
+
+MARGIN = 0.05  # an accuracy gap counts when it exceeds this on every seed
+
+
+def _overstates(row: dict, key: str) -> bool:
+    return all(seed[key] - seed["worst_acc"] > MARGIN for seed in row["per_seed"])
+
+
+def reading(result: dict) -> list[str]:
+    """The experiment's result in sentences, each computed from its numbers: per defence, how
+    far the naive and the autograd evaluations overstate robustness against the worst case,
+    which sanity checks caught it, and what the detector caught."""
+    rows = {row["defense"]: row for row in result["rows"]}
+    lines = []
+    for name, row in rows.items():
+        worst, worst_std = row["worst_acc"], row["worst_acc_std"]
+        overstated = [f"{label} said {row[key]:.2f} (+{row[key] - worst:.2f})" for key, label in
+                      (("naive_acc", "the naive attack"), ("autograd_acc", "autograd's PGD"))
+                      if _overstates(row, key)]
+        if overstated:
+            lines.append(f"{name}: worst case {worst:.2f} ± {worst_std:.2f}, but "
+                         f"{' and '.join(overstated)}, on every seed by more than {MARGIN}.")
+        else:
+            lines.append(f"{name}: worst case {worst:.2f} ± {worst_std:.2f}, and no attack "
+                         f"overstated it by more than {MARGIN} on every seed.")
+    failed = {(e["defense"], e["attack"]): [c["name"] for c in e["checks"] if not c["passed"]]
+              for e in result["sanity"]}
+    flagged = [f"{d} ({', '.join(names)})" for (d, a), names in failed.items()
+               if a == "autograd" and names]
+    if flagged:
+        lines.append(f"The sanity checks flag the autograd evaluation of {'; '.join(flagged)}.")
+    clean = [d for (d, a), names in failed.items() if a == "adaptive" and not names]
+    lines.append(f"Under the adaptive attack the checks pass for {len(clean)} of "
+                 f"{len(rows)} defences" + (f" (not {', '.join(sorted(set(rows) - set(clean)))})"
+                                           if len(clean) < len(rows) else "") + ".")
+    base = rows["none"]["worst_acc"]
+    better = [n for n, r in rows.items() if n != "none" and all(
+        mine["worst_acc"] - plain["worst_acc"] > MARGIN
+        for mine, plain in zip(r["per_seed"], rows["none"]["per_seed"]))]
+    above = ", ".join(f"{n} {rows[n]['worst_acc']:.2f}" for n in better) or "none"
+    lines.append(f"Above the undefended model's worst case ({base:.2f}): {above}.")
+    d = result["detector"]
+    lines.append(f"The squeezing detector caught {d['naive_detection_rate']:.0%} of the naive "
+                 f"examples that fooled the model and {d['adaptive_detection_rate']:.0%} of the "
+                 f"adaptive ones, at {d['false_positive_rate']:.1%} false positives.")
+    return lines

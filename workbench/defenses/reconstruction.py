@@ -1,6 +1,6 @@
 """Input reconstruction in the manner of MagNet (Meng and Chen, 2017): a small convolutional
-autoencoder, trained on clean images only, in front of the classifier
-(``Preprocessed(autoencoder, model)``, :class:`workbench.defenses.models.Preprocessed`). An adversarial
+autoencoder, trained on clean images only, in front of the classifier (``Preprocessed(
+autoencoder, model)``, :class:`workbench.defenses.models.Preprocessed`). An adversarial
 perturbation is off the data's manifold; the autoencoder maps the image back towards it, and
 the classifier sees the reconstruction.
 

@@ -41,9 +41,11 @@ SLACK = 0.02  # accuracy differences smaller than this (random starts, ties) are
 def pgd_attack(target: nn.Module, *, loss: str = "ce") -> Attack:
     """An evaluation attack: PGD on ``target`` (the defended model, or a stand-in for it),
     ``steps`` steps of Madry's 2.5 eps / steps (at most 1, the whole pixel range), random
-    start from ``generator``; ``loss`` as :func:`workbench.attacks.pgd`'s."""
+    start from ``generator``; ``loss`` as :func:`workbench.attacks.pgd`'s. ``eps`` a float or
+    an (N,) tensor, one budget per image."""
     def attack(x, y, eps, steps, generator):
-        alpha = min(default_alpha(eps, steps), 1.0)
+        alpha = default_alpha(eps, steps)
+        alpha = alpha.clamp(max=1.0) if torch.is_tensor(alpha) else min(alpha, 1.0)
         return pgd(target, x, y, eps=eps, alpha=alpha, steps=steps, generator=generator,
                    loss=loss).x_adv
     return attack
@@ -60,7 +62,8 @@ def strongest_of(model: nn.Module, attacks: list[Attack]) -> Attack:
             if not standing.any():
                 break
             rows = standing.nonzero().squeeze(1).to(x.device)
-            best[rows] = other(x[rows], y[rows], eps, steps, generator)
+            budget = eps[rows] if torch.is_tensor(eps) and eps.dim() else eps
+            best[rows] = other(x[rows], y[rows], budget, steps, generator)
         return best
     return attack
 

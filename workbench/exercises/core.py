@@ -137,6 +137,16 @@ def as_tensor(result, what: str):
     return result.detach()
 
 
+def as_adversarial(result, x):
+    """The learner's ``x_adv`` as a detached tensor shaped like the images x (N, C, H, W), or
+    CheckFailed saying what to return."""
+    out = as_tensor(result, "x_adv")
+    if out.shape != x.shape:
+        raise CheckFailed(f"x_adv has shape {tuple(out.shape)}, x has {tuple(x.shape)}: return "
+                          f"one adversarial image per input image")
+    return out
+
+
 # A check sees only its own case, so its guesses at the cause of a wrong answer can contradict
 # another check's (an answer that adds the clipped delta was told "did you forget .sign()?" by
 # the direction check). Instead each exercise has one diagnosis: its known mistakes, each a

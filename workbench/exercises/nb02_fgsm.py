@@ -23,8 +23,8 @@ from torch import nn
 
 from workbench.attacks import fgsm as reference_fgsm
 from workbench.defenses.evaluation import accuracy_and_confidence_curve as reference_sweep_eps
-from workbench.exercises.core import (SMALL_IMAGE_SHAPE, CheckFailed, Spy, as_tensor, diagnosed,
-                                      exercise, known_mistake)
+from workbench.exercises.core import (SMALL_IMAGE_SHAPE, CheckFailed, Spy, as_adversarial,
+                                      as_tensor, diagnosed, exercise, known_mistake)
 
 NUM_PIXELS = math.prod(SMALL_IMAGE_SHAPE)
 
@@ -107,15 +107,6 @@ def _batchnorm_case():
     x[:, 1] = 1.0
     y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(40))
     return small_net(40, dropout=0.0), x, y
-
-
-def _x_adv(result, x: torch.Tensor) -> torch.Tensor:
-    """The learner's answer as a tensor shaped like x, or CheckFailed saying what to return."""
-    out = as_tensor(result, "x_adv")
-    if out.shape != x.shape:
-        raise CheckFailed(f"x_adv has shape {tuple(out.shape)}, x has {tuple(x.shape)}: return "
-                          f"one adversarial image per input image")
-    return out
 
 
 # The known mistakes, each the message every failing check gives for it.
@@ -204,7 +195,7 @@ FGSM_MISTAKES = (
 def _moved(fgsm, eps: float) -> torch.Tensor:
     """How far each pixel moved, on a closed-form case where nothing is clamped."""
     model, x, y, _ = _closed_form_case(1)
-    return (_x_adv(fgsm(model, x.clone(), y, eps), x) - x).abs()
+    return (as_adversarial(fgsm(model, x.clone(), y, eps), x) - x).abs()
 
 
 def diagnose_fgsm(fgsm) -> str | None:
@@ -233,7 +224,7 @@ def _fail(fgsm, message: str) -> CheckFailed:
 def _untargeted_closed_form(fgsm):
     for seed, eps in ((1, 0.1), (2, 0.03), (3, 0.2)):
         model, x, y, away = _closed_form_case(seed)
-        out = _x_adv(fgsm(model, x.clone(), y, eps), x)
+        out = as_adversarial(fgsm(model, x.clone(), y, eps), x)
         if torch.allclose(out, x + eps * away, atol=1e-5):
             continue
         if torch.allclose(out, x, atol=1e-7):
@@ -253,7 +244,7 @@ def _targeted_closed_form(fgsm):
     for seed, eps in ((4, 0.1), (5, 0.05)):
         model, x, y, away = _closed_form_case(seed)
         # With y the target, the step that lowers CE(target) is -eps * sign(grad) = -eps * away.
-        out = _x_adv(fgsm(model, x.clone(), y, eps, targeted=True), x)
+        out = as_adversarial(fgsm(model, x.clone(), y, eps, targeted=True), x)
         if torch.allclose(out, x - eps * away, atol=1e-5):
             continue
         if torch.allclose(out, x + eps * away, atol=1e-5):
@@ -275,7 +266,7 @@ def _pixel_units(fgsm):
 @fgsm_exercise.check("takes the cross-entropy of the logits, not of probabilities")
 def _from_logits(fgsm):
     model, x, y = _confident_case()
-    out = _x_adv(fgsm(model, x.clone(), y, 0.05), x)
+    out = as_adversarial(fgsm(model, x.clone(), y, 0.05), x)
     agree = torch.isclose(out, reference_fgsm(model, x, y, 0.05), atol=1e-5).float().mean()
     if agree < 1:
         raise _fail(fgsm, f"only {100 * agree:.1f}% of pixels match FGSM on a linear model that "
@@ -288,7 +279,7 @@ def _clamped(fgsm):
     x = _random_images(6)
     x[:, 0] = 0.0
     x[:, 1] = 1.0
-    out = _x_adv(fgsm(model, x.clone(), torch.tensor([0, 1, 2, 3]), 0.25), x)
+    out = as_adversarial(fgsm(model, x.clone(), torch.tensor([0, 1, 2, 3]), 0.25), x)
     if out.min() < 0 or out.max() > 1:
         raise CheckFailed(f"x_adv has values from {out.min():.3f} to {out.max():.3f}: clamp it "
                           f"to the image range with .clamp(0, 1)")
@@ -299,7 +290,7 @@ def _no_side_effects(fgsm):
     model = small_net(8, dropout=0.0)  # BatchNorm only: train mode is deterministic too
     x, y = _random_images(8), torch.tensor([0, 1, 2, 3])
     before = x.clone()
-    out = _x_adv(fgsm(model, x, y, 0.1), x)
+    out = as_adversarial(fgsm(model, x, y, 0.1), x)
     if not torch.equal(x.detach(), before):
         raise CheckFailed(IN_PLACE)
     if model.training:
@@ -317,7 +308,7 @@ def _random_cases(fgsm):
         x = _random_images(seed, n=6)
         y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(seed))
         eps = 0.02 + 0.05 * (seed - 10)
-        out = _x_adv(fgsm(model, x.clone(), y, eps), x)
+        out = as_adversarial(fgsm(model, x.clone(), y, eps), x)
         agree = torch.isclose(out, reference_fgsm(model, x, y, eps), atol=1e-5).float().mean()
         if agree < 0.999:
             raise _fail(fgsm, f"only {100 * agree:.1f}% of pixels match FGSM on a random network "
@@ -330,7 +321,7 @@ def _lite_model(fgsm):
     eps = 2 / 255
     model.eval()  # shared across checks: undo whatever a previous learner function did
     try:
-        out = _x_adv(fgsm(model, x.clone(), y, eps), x)
+        out = as_adversarial(fgsm(model, x.clone(), y, eps), x)
     finally:
         model.eval()
     agree = torch.isclose(out, reference_fgsm(model, x, y, eps), atol=1e-5).float().mean()

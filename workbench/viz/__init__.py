@@ -14,9 +14,10 @@ from workbench.viz.images import (
     top_k,
     top_k_html,
 )
-from workbench.viz.plots import (attack_figure, eps_sweep_figure, method_comparison_figure,
-                                 sweep_heatmaps)
+from workbench.viz.plots import (attack_figure, defense_curves_figure, eps_sweep_figure,
+                                 method_comparison_figure, sweep_heatmaps)
 
-__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "eps_sweep_figure",
+__all__ = ["Prediction", "amplified_perturbation", "attack_figure", "defense_curves_figure",
+           "eps_sweep_figure",
            "jpeg_bytes", "loss_curve_svg", "method_comparison_figure", "png_bytes",
            "sweep_heatmaps", "to_uint8", "top_k", "top_k_html"]

@@ -121,3 +121,31 @@ def sweep_heatmaps(points: Sequence[dict], *, metrics: Sequence[tuple[str, str]]
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def defense_curves_figure(rows: Sequence[dict], *, title: str):
+    """Per defence, accuracy against the L-inf budget under the naive and the adaptive attack.
+
+    ``rows``: dicts with ``defense``, ``curve_eps`` (budgets, pixel units) and the mean
+    ``naive_curve`` and ``adaptive_curve`` (accuracies in [0, 1]), as ``workbench experiment
+    defenses`` gives them. One panel per defence; the shaded gap between the two curves is what
+    the naive evaluation missed. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.1 * len(rows), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        eps = row["curve_eps"]
+        ax.plot(eps, row["naive_curve"], "o-", label="naive attack")
+        ax.plot(eps, row["adaptive_curve"], "s-", color="tab:red", label="adaptive attack")
+        ax.fill_between(eps, row["adaptive_curve"], row["naive_curve"], color="tab:red",
+                        alpha=0.12)
+        ax.set_title(row["defense"].replace("_", " "), fontsize=10)
+        ax.set_xlabel("eps (L-inf, pixel units)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

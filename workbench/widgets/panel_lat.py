@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from workbench.attacks.core import attack_mode, check_labels
 from workbench.lat import activations, get_layer, latent_pgd, perturbed, relative_eps
 from workbench.viz import Prediction, png_bytes, top_k, top_k_html
-from workbench.widgets.views import single_image
+from workbench.widgets.views import enlarged_png, single_image
 
 LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 FRACTIONS = tuple(round(i * 0.05, 6) for i in range(21))  # 0, 0.05, ..., 1.0
@@ -190,15 +190,6 @@ def _display_factor(height: int, width: int) -> int:
     return max(1, round(DISPLAY_PX / max(height, width)))
 
 
-def _image_png(x: torch.Tensor, factor: int) -> bytes:
-    """The image (1, C, H, W), C 1 or 3, enlarged ``factor`` times by nearest neighbour."""
-    image = x[0].detach().float().cpu()
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    image = image.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-    return png_bytes(image)
-
-
 # ----------------------------------------------------------------------------- precompute
 
 def attack_layer(model, layer: str, x: torch.Tensor, y: torch.Tensor, fractions: list[float],
@@ -323,7 +314,7 @@ class LatentPanel:
 
         side = dict(width=f"{width * factor}px", height=f"{height * factor}px")
         self.images = {
-            "image": w.Image(value=_image_png(self.x, factor), format="png",
+            "image": w.Image(value=enlarged_png(self.x, factor), format="png",
                              layout=w.Layout(**side)),
             "heatmap": w.Image(format="png", layout=w.Layout(**side)),
         }

@@ -27,6 +27,16 @@ def single_image(model, image) -> torch.Tensor:
     return x
 
 
+def enlarged_png(x: torch.Tensor, factor: int) -> bytes:
+    """One image (1, C, H, W) or (C, H, W), C 1 or 3, enlarged ``factor`` times by nearest
+    neighbour (pixels kept sharp), as PNG bytes."""
+    image = x.reshape(x.shape[-3:]).detach().float().cpu()
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    image = image.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    return png_bytes(image)
+
+
 def class_options(categories) -> list[tuple[str, int]]:
     """Dropdown options "id: name" -> id for every class."""
     return [(f"{i}: {name}", i) for i, name in enumerate(categories)]
