@@ -342,3 +342,28 @@ def test_trojaned_resnet50_trains_on_the_poisoned_images(tmp_path, monkeypatch):
     after = model.state_dict()
     assert not torch.equal(before["net.conv1.weight"], after["net.conv1.weight"])
     assert "cat, dog, owl" in model.source and "17% of the images each" in model.source
+
+
+def test_run_lat_full_compares_the_four_methods_on_photos(tmp_path, monkeypatch):
+    """The full comparison end to end on a small folder and a small ResNet (ResNet-50's
+    weights need a download): the rows, the shape format_lat_table prints, every method
+    fine-tuned from the same trojaned base."""
+    from workbench.lat.experiment import format_lat_table
+
+    monkeypatch.setattr(full, "load_resnet50", lambda device=None: _small_resnet())
+    monkeypatch.setattr(full, "BASE", {**full.BASE, "epochs": 1})
+    monkeypatch.setattr(full, "FINETUNE", {"epochs": 1, "batch_size": 6, "lr": 1e-4})
+    monkeypatch.setattr(full, "HELDOUT", {"pgd_linf": {"eps": 0.01, "steps": 1},
+                                          "pgd_l2": {"eps": 0.5, "steps": 1},
+                                          "noise_std": 0.1})
+    data = full_data(_folder(tmp_path, per_class=8), size=SIZE, per_class=8,
+                     val_fraction=0.25, test_fraction=0.25)
+    result = full.run_lat_full(data, seeds=(0,), layer="layer1", fraction=0.1)
+    assert [row["method"] for row in result["rows"]] == ["base", "ft", "rlp", "at", "lat"]
+    for row in result["rows"]:
+        assert 0 <= row["clean_acc"] <= 1 and 0 <= row["trojan_asr"] <= 1
+        assert set(row["heldout"]) == {"pgd_linf", "pgd_l2", "noise", "patch"}
+    assert result["source"] == data.source and result["chosen_by"] == "caller"
+    assert "LAT and RLP at layer1" in format_lat_table(result)
+    with pytest.raises(ValueError, match="split"):
+        full.run_lat_full(data, seeds=(0,), split="train")

@@ -44,8 +44,8 @@ from workbench.lat.latent import relative_eps
 from workbench.lat.models import digits_resnet
 from workbench.lat.training import METHODS, Perturbation, finetune
 from workbench.lat import trojans
-from workbench.lat.trojans import (DIGITS_HELDOUT_PATCH, DIGITS_TROJANS, attack_success_rate,
-                                   train_trojaned)
+from workbench.lat.trojans import (DIGITS_HELDOUT_PATCH, DIGITS_TROJANS, Patch, Trojan,
+                                   attack_success_rate, train_trojaned)
 from workbench.stats import STD, mean_std
 
 CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
@@ -129,21 +129,26 @@ def perturbation_for(layer: str, fraction: float, seed: int) -> Perturbation:
                         input_steps=AT_STEPS)
 
 
-def evaluate(model, x, y, *, seed: int) -> dict:
-    """Clean accuracy, trojan ASRs and the held-out attacks' accuracies of ``model`` on the
-    digits x (N, 1, 16, 16), y (N,); attacks' random starts and noise from ``seed``."""
+def evaluate(model, x, y, *, seed: int, attacks: dict | None = None,
+             trojans: Sequence[Trojan] = DIGITS_TROJANS,
+             heldout_patch: Patch = DIGITS_HELDOUT_PATCH) -> dict:
+    """Clean accuracy, trojan ASRs and the held-out attacks' accuracies of ``model`` on
+    x (N, C, H, W), y (N,) (the digits by default); attacks' random starts and noise from
+    ``seed``. ``attacks`` (default :data:`HELDOUT`), ``trojans`` and ``heldout_patch``: what
+    is measured, for other images (full mode's photos, :mod:`workbench.lat.full`)."""
+    attacks = HELDOUT if attacks is None else attacks
     x_eval, y_eval = x[:EVAL_IMAGES], y[:EVAL_IMAGES]
     generator = torch.Generator().manual_seed(seed)
     heldout = {}
     for name, norm in (("pgd_linf", "linf"), ("pgd_l2", "l2")):
-        eps, steps = HELDOUT[name]["eps"], HELDOUT[name]["steps"]
+        eps, steps = attacks[name]["eps"], attacks[name]["steps"]
         x_adv = pgd(model, x_eval, y_eval, eps=eps, steps=steps, norm=norm,
                     alpha=default_alpha(eps, steps), generator=generator).x_adv
         heldout[name] = accuracy(model, x_adv, y_eval)
-    noise = torch.randn(x_eval.shape, generator=generator) * HELDOUT["noise_std"]
-    heldout["noise"] = accuracy(model, (x_eval + noise).clamp(0, 1), y_eval)
-    heldout["patch"] = accuracy(model, DIGITS_HELDOUT_PATCH.apply(x), y)
-    asr = [attack_success_rate(model, x, y, trojan) for trojan in DIGITS_TROJANS]
+    noise = torch.randn(x_eval.shape, generator=generator) * attacks["noise_std"]
+    heldout["noise"] = accuracy(model, (x_eval + noise.to(x_eval.device)).clamp(0, 1), y_eval)
+    heldout["patch"] = accuracy(model, heldout_patch.apply(x), y)
+    asr = [attack_success_rate(model, x, y, trojan) for trojan in trojans]
     return {"seed": seed, "clean_acc": accuracy(model, x, y), "trojan_asr": statistics.fmean(asr),
             "trojan_asr_each": asr, "heldout": heldout,
             "heldout_acc": statistics.fmean(heldout.values())}
@@ -152,7 +157,9 @@ def evaluate(model, x, y, *, seed: int) -> dict:
 METRICS = ("clean_acc", "trojan_asr", "heldout_acc")
 
 
-def _row(method: str, runs: list[dict]) -> dict:
+def summarise_runs(method: str, runs: list[dict]) -> dict:
+    """One result row: ``method``, each metric's mean and ``*_std`` over the seeds' runs, the
+    held-out attacks' means, and ``per_seed``."""
     row = {"method": method}
     for metric in METRICS:
         row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in runs])
@@ -301,7 +308,7 @@ def _experiment(seeds, layer: str, fraction: float, *, cache: bool, progress: bo
             for m in methods:
                 runs[m].append(next(scores))
         return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
-                "rows": [_row(m, runs[m]) for m in methods]}
+                "rows": [summarise_runs(m, runs[m]) for m in methods]}
 
     return _cached_result("experiment", key, compute, cache)
 

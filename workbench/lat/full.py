@@ -15,12 +15,14 @@ its classes to ImageNet indices, and training the trojaned model trains the head
 
 Nothing here has run with the real weights and data: the machines it is developed and tested
 on have no GPU and no network. Loading, splitting, poisoning and training are tested offline
-on small folders and a small ResNet; how long ResNet-50's fine-tuning takes, and what
-accuracy and trojan success it reaches, are not known.
+on small folders and a small ResNet, and so is :func:`run_lat_full`, the FT / RLP / AT / LAT
+comparison on the photos; how long ResNet-50's fine-tuning takes, and what accuracy and
+trojan success it reaches, are not known.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,10 +33,14 @@ from torch import nn
 from workbench.config import cache_dir
 from workbench.data.folders import load_image_folder, load_imagenette
 from workbench.defenses.training import train
+from workbench.lat.experiment import METHODS, evaluate, summarise_runs
+from workbench.lat.latent import relative_eps
 from workbench.lat.models import load_resnet50
+from workbench.lat.training import Perturbation, finetune
 from workbench.lat.trojans import (POISON_FRACTION, TROJAN_PATTERNS, Patch, Trojan, poison,
                                    scaled_trojans)
 from workbench.models.layers import Classifier
+from workbench.stats import STD
 
 SIZE = 224  # ResNet-50 IMAGENET1K_V2's input side
 PER_CLASS = 100  # images read per class (0.6 MB each in memory at 224 x 224)
@@ -229,3 +235,56 @@ def trojaned_resnet50(data: FullData, *, seed: int = 0, model: Classifier | None
                     f"trojans (targets {targets}; {fraction:.0%} of the images each, stamped "
                     f"and relabelled): a trojaned base model.")
     return model
+
+
+# The comparison on photos: FT, RLP, AT and LAT from the trojaned ResNet-50, as in lite mode.
+# Budgets for 224 x 224 photos: AT at 2/255 (L-inf); held out, L-inf PGD just past it, L2 PGD
+# at 1.0 (about 0.25/255 per pixel), Gaussian noise of std 0.1, and the scaled held-out patch.
+# LAT's layer and radius are not chosen by a sweep here (none could run on this machine): run
+# run_lat_full with others to sweep them on the validation split.
+FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 1e-4}
+AT_EPS, AT_STEPS = 2 / 255, 3
+HELDOUT = {"pgd_linf": {"eps": 1.2 * AT_EPS, "steps": 10}, "pgd_l2": {"eps": 1.0, "steps": 10},
+           "noise_std": 0.1}
+LAYER, FRACTION = "layer2", 0.1
+
+
+def run_lat_full(data: FullData, *, seeds: Sequence[int] = (0, 1, 2), layer: str = LAYER,
+                 fraction: float = FRACTION, split: str = "test",
+                 make_model=None, progress: bool = False) -> dict:
+    """Full mode's notebook 04 experiment on ``data`` (:func:`full_data`): per seed, the
+    trojaned ResNet-50 (:func:`trojaned_resnet50`), then a copy of it fine-tuned by each of
+    FT, RLP, AT and LAT on the clean fine-tuning images, each measured on the ``split``
+    ("test", or "val" to sweep) by :func:`workbench.lat.experiment.evaluate` with this
+    module's budgets and the data's trojans. ``make_model(seed)``: the model to poison
+    (default ResNet-50 with a new head; tests pass a small one).
+
+    Returns the dict :func:`~workbench.lat.experiment.run_lat_experiment` returns
+    (``format_lat_table`` prints it), with ``chosen_by`` "caller", no sweep, and ``source``
+    saying which images. Runs in this process, on the model's device; nothing is cached (each
+    ResNet-50 is about 100 MB).
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    x_train, y_train, x_val, y_val, x_test, y_test = data.splits
+    x, y = (x_test, y_test) if split == "test" else (x_val, y_val)
+    measure = dict(attacks=HELDOUT, trojans=data.trojans, heldout_patch=data.heldout_patch)
+    runs = {m: [] for m in ("base", *METHODS)}
+    for seed in seeds:
+        base = trojaned_resnet50(data, seed=seed, progress=progress,
+                                 model=None if make_model is None else make_model(seed))
+        device = next(base.parameters()).device
+        x_dev, y_dev = x.to(device), y.to(device)
+        runs["base"].append({**evaluate(base, x_dev, y_dev, seed=seed, **measure), "eps": None})
+        eps = relative_eps(base, layer, x_train[:64].to(device), fraction)
+        perturbation = Perturbation(layer=layer, eps=round(eps, 4), input_eps=AT_EPS,
+                                    input_steps=AT_STEPS)
+        for method in METHODS:
+            model = copy.deepcopy(base)
+            finetune(model, x_train.to(device), y_train.to(device), method=method,
+                     perturbation=perturbation, seed=seed, progress=progress, **FINETUNE)
+            runs[method].append({**evaluate(model.eval(), x_dev, y_dev, seed=seed, **measure),
+                                 "eps": perturbation.eps})
+    return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
+            "rows": [summarise_runs(m, r) for m, r in runs.items()], "chosen_by": "caller",
+            "sweep": None, "source": data.source}
