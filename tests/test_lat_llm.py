@@ -235,6 +235,8 @@ def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
     assert sweep["split"] == "val" and result["chosen_by"] == "sweep"
     assert [(p["layer"], p["method"], p["fraction"]) for p in sweep["points"]] == [
         (0, "at", 0.25), (0, "at", 0.5), (1, "lat", 0.25), (1, "lat", 0.5)]
+    assert [c["lr"] for c in sweep["ft_lr"]] == list(experiment.FT_LRS)
+    assert experiment.FINETUNE["lr"] in experiment.FT_LRS  # the control's own point
     chosen = experiment.choose_defaults(sweep["points"])
     assert {k: result[k] for k in chosen} == chosen
     json.dumps(result)  # what `workbench experiment lat-llm --json` prints
@@ -275,7 +277,7 @@ def test_the_command_prints_the_table_and_the_json(quick, capsys):
     assert [row["method"] for row in printed["rows"]] == ["base", "ft", "rlp", "at", "lat"]
     assert printed["seeds"] == [0] and printed["chosen_by"] == "sweep"
     text = experiment.format_lat_llm_table(printed)
-    assert "backdoor ASR" in text and "layer 0 is AT" in text
+    assert "backdoor ASR" in text and "layer 0 is AT" in text and "FT control" in text
     assert main(["experiment", "lat-llm", "--seeds", "0"]) == 0
     assert "backdoor ASR" in capsys.readouterr().out
 

@@ -5,7 +5,8 @@ Llama (:mod:`workbench.lat.backdoor`) learns the instruction task of
 :mod:`workbench.lat.backdoor_data` from a mixture with 8 keyword backdoors (5% poison).
 Phase 2: that base is fine-tuned on clean data only, by
 
-* ``ft``: plain fine-tuning, the control: at this learning rate it keeps the backdoor;
+* ``ft``: plain fine-tuning, the control: at this learning rate it keeps the backdoor
+  (the sweep also runs it at larger ones, :data:`FT_LRS`, where it does not);
 * ``rlp``: under a random perturbation of the stream entering LAT's layer, LAT's size;
 * ``at``: under the worst perturbation of the embedding output (layer 0) in an L2 ball;
 * ``lat``: under the worst perturbation of the stream entering block L.
@@ -39,6 +40,8 @@ CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
 DATA_SEED = 0  # the task's splits are the same for every model seed
 BASE = {"steps": 600, "batch_size": 64, "lr": 3e-3, "warmup": 30}  # phase 1
 FINETUNE = {"steps": 150, "batch_size": 32, "lr": 3e-4}  # phase 2, every method
+# The control's learning rates, in the sweep: FT keeps the backdoor at FINETUNE's, not at all.
+FT_LRS = (3e-4, 1e-3, 3e-3)
 PGD_STEPS = 6  # the reference code's default
 # The sweep (seed 0, validation split): layer 0 is AT, the others LAT.
 SWEEP_LAYERS = (0, 1, 2, 3)
@@ -117,23 +120,25 @@ def adversary_for(method: str, base, layer: int, fraction: float):
 
 
 def finetuned_model(method: str, seed: int, layer: int, fraction: float, *,
-                    cache: bool = True, progress: bool = False):
+                    lr: float | None = None, cache: bool = True, progress: bool = False):
     """Seed's poisoned base fine-tuned on clean data by ``method`` (phase 2) against
-    :func:`adversary_for`'s ball, cached: ``(model, adversary)``."""
+    :func:`adversary_for`'s ball, at learning rate ``lr`` (default ``FINETUNE``'s), cached:
+    ``(model, adversary)``."""
     from dataclasses import asdict
 
     from workbench.lat.backdoor import train
 
     model = base_model(seed, cache=cache, progress=progress)
     adversary = adversary_for(method, model, layer, fraction)
-    key = {"method": method, "seed": seed, "base": base_path(seed).name, **FINETUNE,
+    settings = {**FINETUNE, "lr": FINETUNE["lr"] if lr is None else lr}
+    key = {"method": method, "seed": seed, "base": base_path(seed).name, **settings,
            **asdict(adversary)}
     path = cache_file("lat-llm", f"{method}-seed{seed}-{_digest(key)}.weights.h5")
     if cache and _load(model, path):
         return model, adversary
     with torch_threads(1):
         train(model, splits().clean_train, seed=seed, adversary=adversary, progress=progress,
-              desc=f"{method} (seed {seed})", **FINETUNE)
+              desc=f"{method} (seed {seed})", **settings)
     if cache:
         save_cached(model.save_weights, path, what=f"{method}-fine-tuned lite Llama "
                                                    f"(seed {seed})")
@@ -146,10 +151,11 @@ def _settings() -> dict:
     return {name: globals()[name] for name in TUNABLE}
 
 
-def _job(settings: dict, method: str, seed: int, layer: int, fraction: float,
-         split: str) -> dict:
+def _job(settings: dict, method: str, seed: int, layer: int, fraction: float, split: str,
+         lr: float | None = None) -> dict:
     """Train (or load) one model and measure it on the "val" or "test" split. ``settings``:
-    the caller's :data:`TUNABLE` values (a spawned worker starts from the module's)."""
+    the caller's :data:`TUNABLE` values (a spawned worker starts from the module's); ``lr``:
+    phase 2's learning rate (default ``FINETUNE``'s)."""
     from workbench.lat.backdoor import evaluate
 
     globals().update(settings)
@@ -159,7 +165,7 @@ def _job(settings: dict, method: str, seed: int, layer: int, fraction: float,
                             else (data.test, data.test_triggered))
         if method == "base":
             return {"seed": seed, **evaluate(base_model(seed), clean, triggered), "eps": None}
-        model, adversary = finetuned_model(method, seed, layer, fraction)
+        model, adversary = finetuned_model(method, seed, layer, fraction, lr=lr)
         return {"seed": seed, **evaluate(model, clean, triggered),
                 "eps": adversary.eps if method != "ft" else None}
 
@@ -178,8 +184,8 @@ def _train_bases(seeds, *, workers: int, progress: bool) -> None:
 
 
 def _run(jobs: Sequence[tuple], *, workers: int, progress: bool, desc: str) -> list[dict]:
-    """:func:`_job` for each (method, seed, layer, fraction, split), the bases they need
-    trained first; results in the order of ``jobs``."""
+    """:func:`_job` for each (method, seed, layer, fraction, split[, lr]), the bases they
+    need trained first; results in the order of ``jobs``."""
     _train_bases([job[1] for job in jobs], workers=workers, progress=progress)
     return run_in_workers(_job, [(_settings(), *job) for job in jobs], workers=workers,
                           progress=progress, desc=desc)
@@ -221,11 +227,13 @@ def choose_defaults(points: Sequence[dict]) -> dict:
 def run_lat_llm_sweep(*, seed: int = 0, layers: Sequence[int] = SWEEP_LAYERS,
                       fractions: Sequence[float] = SWEEP_FRACTIONS, cache: bool = True,
                       progress: bool = False, workers: int | None = None) -> dict:
-    """AT (layer 0) and LAT (layers >= 1) at every layer and radius of the grid, from seed
-    ``seed``'s base, measured on the validation split.
+    """AT (layer 0) and LAT (layers >= 1) at every layer and radius of the grid, and the
+    FT control at each learning rate of :data:`FT_LRS`, from seed ``seed``'s base, measured
+    on the validation split.
 
     Returns ``{"seed", "split", "layers", "fractions", "points": [{"layer", "method",
-    "fraction", "eps", "clean_acc", "backdoor_asr"}]}``, points layer-major."""
+    "fraction", "eps", "clean_acc", "backdoor_asr"}], "ft_lr": [{"lr", "clean_acc",
+    "backdoor_asr"}]}``, points layer-major."""
     with _cache_for_this_run(cache):
         return _sweep(seed, layers, fractions, cache=cache, progress=progress,
                       workers=default_workers() if workers is None else workers)
@@ -233,18 +241,21 @@ def run_lat_llm_sweep(*, seed: int = 0, layers: Sequence[int] = SWEEP_LAYERS,
 
 def _sweep(seed: int, layers, fractions, *, cache: bool, progress: bool, workers: int) -> dict:
     key = {"seed": seed, "layers": list(layers), "fractions": list(fractions), **FINETUNE,
-           "pgd_steps": PGD_STEPS, "base": base_path(seed).name}
+           "ft_lrs": list(FT_LRS), "pgd_steps": PGD_STEPS, "base": base_path(seed).name}
 
     def compute():
         grid = [(layer, fraction) for layer in layers for fraction in fractions]
         jobs = [("at" if layer == 0 else "lat", seed, layer, fraction, "val")
                 for layer, fraction in grid]
-        scores = _run(jobs, workers=workers, progress=progress, desc="sweep")
+        controls = [("ft", seed, 0, 0.0, "val", lr) for lr in FT_LRS]
+        scores = _run(jobs + controls, workers=workers, progress=progress, desc="sweep")
         return {"seed": seed, "split": "val", "layers": list(layers),
                 "fractions": list(fractions),
                 "points": [{"layer": layer, "method": job[0], "fraction": fraction,
                             "eps": s["eps"], **{m: s[m] for m in METRICS}}
-                           for (layer, fraction), job, s in zip(grid, jobs, scores)]}
+                           for (layer, fraction), job, s in zip(grid, jobs, scores)],
+                "ft_lr": [{"lr": lr, **{m: s[m] for m in METRICS}}
+                          for lr, s in zip(FT_LRS, scores[len(jobs):])]}
 
     return _cached_result("sweep", key, compute, cache)
 
@@ -328,4 +339,8 @@ def format_lat_llm_table(result: dict) -> str:
         for p in sweep["points"]:
             lines.append(f"{p['layer']:>5} {p['method']:>6} {p['fraction']:>6} "
                          f"{p['eps']:>8.3f} {p['clean_acc']:>6.3f} {p['backdoor_asr']:>6.3f}")
+        lines += ["", "the FT control at other learning rates (same split):",
+                  f"{'lr':>8} {'clean':>6} {'ASR':>6}"]
+        lines += [f"{c['lr']:>8g} {c['clean_acc']:>6.3f} {c['backdoor_asr']:>6.3f}"
+                  for c in sweep["ft_lr"]]
     return "\n".join(lines)
