@@ -311,8 +311,9 @@ from workbench.viz import defense_curves_figure
 
 result = run_defenses_experiment(progress=True)
 print(format_defenses_table(result))
-defense_curves_figure(result["rows"], title="accuracy vs eps, naive and adaptive attacks "
-                                            "(mean over 3 seeds, 200 test digits)");
+defense_curves_figure(result["rows"], title=f"accuracy vs eps, naive and adaptive attacks "
+                      f"(mean over seeds {result['seeds']}, "
+                      f"{result['settings']['curve_images']} test digits)");
 
 # %% [markdown]
 # ## 6. The panel: one digit, every defence, both attacks
