@@ -241,7 +241,6 @@ CLASSIFIER_ONLY = ("you attacked the classifier alone (MagNet's grey-box setting
                    "differentiable: run PGD on it, e.g. nn.Sequential(autoencoder, classifier)")
 RECONSTRUCTION_RETURNED = ("you returned the autoencoder's reconstruction of x_adv: return "
                            "x_adv itself (the pipeline reconstructs it when it predicts)")
-RETURNS_INPUT_AE = "x_adv equals x: nothing moved; run PGD and return its x_adv"
 
 
 def _autoencoder_probe(seed, eps=0.15, steps=4):
@@ -255,7 +254,7 @@ def _autoencoder_probe(seed, eps=0.15, steps=4):
 
 AUTOENCODER_PROBES = (_autoencoder_probe(21), _autoencoder_probe(22, eps=0.1))
 AUTOENCODER_MISTAKES = (
-    (RETURNS_INPUT_AE, lambda classifier, autoencoder, x, y, **kw: x.clone()),
+    (RETURNS_INPUT, lambda classifier, autoencoder, x, y, **kw: x.clone()),
     (CLASSIFIER_ONLY, _classifier_only),
     (RECONSTRUCTION_RETURNED, _reconstruction_returned),
 )
