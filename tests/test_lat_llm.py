@@ -255,6 +255,12 @@ def test_a_second_run_trains_nothing_and_gives_the_same_numbers(quick, monkeypat
         result_file.unlink()  # results gone, models kept: evaluated again, not trained
     assert experiment.run_lat_llm_experiment(seeds=(0,), **given)["rows"] == first["rows"]
     assert first["sweep"] is None and first["chosen_by"] == "caller"
+    models = experiment.models_of(first, seed=0)  # the notebook's: all cached, none trained
+    assert list(models) == ["base", "ft", "rlp", "at", "lat"]
+    splits = experiment.splits()
+    lat = first["rows"][-1]["per_seed"][0]
+    assert backdoor.evaluate(models["lat"], splits.test, splits.test_triggered) == {
+        "clean_acc": lat["clean_acc"], "backdoor_asr": lat["backdoor_asr"]}
 
 
 def test_choose_defaults_trades_clean_accuracy_against_backdoor_success():

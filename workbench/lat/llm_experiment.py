@@ -145,6 +145,18 @@ def finetuned_model(method: str, seed: int, layer: int, fraction: float, *,
     return model, adversary
 
 
+def models_of(result: dict, seed: int = 0, *, cache: bool = True) -> dict:
+    """The models behind :func:`run_lat_llm_experiment`'s ``result`` for ``seed``: ``{"base",
+    "ft", "rlp", "at", "lat"}`` -> LlamaCausalLM, each at the result's layer and radii (trained
+    now if not cached)."""
+    models = {"base": base_model(seed, cache=cache)}
+    for method in METHODS:
+        fraction = result["at_fraction"] if method == "at" else result["fraction"]
+        models[method], _ = finetuned_model(method, seed, result["layer"], fraction,
+                                            cache=cache)
+    return models
+
+
 # ----------------------------------------------------------------------------- the jobs
 
 def _settings() -> dict:
