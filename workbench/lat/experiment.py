@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import statistics
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench.attacks import pgd
 from workbench.cache import CACHE_ENV, cache_file, cached_json, load_state, save_state
@@ -47,6 +44,7 @@ from workbench.lat import trojans
 from workbench.lat.trojans import (DIGITS_HELDOUT_PATCH, DIGITS_TROJANS, Patch, Trojan,
                                    attack_success_rate, train_trojaned)
 from workbench.stats import STD, mean_std
+from workbench.workers import default_workers, run_in_workers
 
 CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
 BASE = {"fraction": trojans.POISON_FRACTION, "epochs": trojans.EPOCHS,
@@ -182,22 +180,18 @@ TUNABLE = ("BASE", "FINETUNE", "HELDOUT", "EVAL_IMAGES", "VALIDATION", "TRAIN_IM
 
 
 def _settings() -> dict:
-    return {name: globals()[name] for name in TUNABLE} | {
-        "cache_root": os.environ.get(CACHE_ENV)}
+    return {name: globals()[name] for name in TUNABLE}
 
 
 def _adopt(settings: dict) -> None:
-    """A worker's start: the caller's settings and cache folder, one torch thread."""
-    settings = dict(settings)
-    root = settings.pop("cache_root")
-    if root is not None:
-        os.environ[CACHE_ENV] = root
+    """The caller's settings, in a worker process (which starts from the module's)."""
     globals().update(settings)
-    torch.set_num_threads(1)
 
 
-def _job(method: str, seed: int, layer: str, fraction: float, split: str) -> dict:
+def _job(settings: dict, method: str, seed: int, layer: str, fraction: float,
+         split: str) -> dict:
     """Train (or load) one model and evaluate it on the "test" or "val" split."""
+    _adopt(settings)
     with torch_threads(1):
         splits = digits_splits()
         x, y = (splits[2], splits[3]) if split == "val" else (splits[4], splits[5])
@@ -208,7 +202,8 @@ def _job(method: str, seed: int, layer: str, fraction: float, split: str) -> dic
         return {**evaluate(model, x, y, seed=seed), "eps": perturbation.eps}
 
 
-def _base_job(seed: int) -> None:
+def _base_job(settings: dict, seed: int) -> None:
+    _adopt(settings)
     with torch_threads(1):
         trojaned_model(seed)
 
@@ -236,22 +231,11 @@ def run_jobs(jobs: Sequence[tuple], *, workers: int, progress: bool, desc: str) 
     """Run :func:`_job` on each (method, seed, layer, fraction, split), in ``workers``
     processes (each on one torch thread, so the numbers are those of one process) once the
     trojaned bases they need are trained; results in the order of ``jobs``."""
-    if workers <= 1:
-        return [_job(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_adopt,
-                             initargs=(_settings(),)) as pool:
-        list(pool.map(_base_job, sorted({job[1] for job in jobs})))
-        futures = [pool.submit(_job, *job) for job in jobs]
-        for _ in tqdm(as_completed(futures), total=len(futures), desc=desc,
-                      disable=not progress):
-            pass
-        return [future.result() for future in futures]
-
-
-def default_workers() -> int:
-    """Processes the experiment uses: one per core, at most two."""
-    return max(1, min(2, os.cpu_count() or 1))
+    settings = _settings()
+    bases = [(settings, seed) for seed in sorted({job[1] for job in jobs})]
+    return run_in_workers(_job, [(settings, *job) for job in jobs], workers=workers,
+                          progress=progress, desc=desc,
+                          first=(_base_job, bases) if workers > 1 else None)
 
 
 def choose_defaults(points: Sequence[dict]) -> tuple[str, float]:
