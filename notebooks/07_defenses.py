@@ -256,7 +256,42 @@ print(f"attacked through the pipeline (yours):         "
       f"{accuracy(reconstruction, through_adv, y200):.1%}")
 
 # %% [markdown]
-# ## 4. Randomness and EOT
+# ## 4. Three attacks on every defence, and a slider
+#
+# From here on every defence meets the same three attacks, at the same L-inf budget:
+#
+# * **naive**: PGD-10 crafted on the model the defence protects, as if the defence were not
+#   there (the classifier behind a preprocessing step; otherwise the model itself);
+# * **autograd**: PGD-10 on the defended model as served, with autograd's gradient;
+# * **adaptive**: the worst case per digit over PGD-20 with the cross-entropy and with
+#   Carlini and Wagner's logit margin, on the attacker's stand-in: BPDA for the squeezer (the
+#   exercise of section 2), the logits divided by $T$ for distillation, the whole pipeline
+#   for the autoencoder (section 3);
+#
+# and the **worst** case over all three is the number to trust.
+#
+# Move epsilon and watch each defended model's prediction on the naive and on the adaptive
+# adversarial digit (red: fooled). Every budget was attacked once, up front; a move is a
+# lookup.
+
+# %%
+from workbench.widgets import defenses_panel
+
+correct = torch.stack([m.served(x_test[:50]).argmax(1) == y_test[:50]
+                       for m in models.values()]).all(0)
+index = int(correct.nonzero()[0])  # the first test digit every defended model gets right
+panel = defenses_panel(models, x_test[index], int(y_test[index]))
+display(panel.widget)
+
+# %%
+panel.controls["eps"].value = 0.15
+shown = panel.result
+for name, fooled in shown.fooled.items():
+    print(f"eps 0.15, {name:21s}: naive attack {'fools' if fooled['naive'] else 'does not fool'}"
+          f" it, adaptive attack {'fools' if fooled['adaptive'] else 'does not fool'} it")
+
+# %% [markdown]
+# ## 5. Randomness and EOT
 #
 # A randomised defence changes its input by a fresh random draw on every call. One draw's
 # gradient is then a noisy estimate of the direction that fools the model on average;
@@ -285,19 +320,10 @@ for label, target in (("one draw per step", noisy_squeezed(BPDA(squeezer), seed=
     print(f"BPDA, {label:17s}: accuracy {accuracy(defended, x_adv, y100):.1%}")
 
 # %% [markdown]
-# ## 5. Every defence, three seeds: naive, autograd and adaptive
+# ## 6. Every defence, three seeds: naive, autograd and adaptive
 #
-# For each defence, on the 450 test digits at eps = 0.15 (L-inf, pixel units):
-#
-# * **naive**: PGD-10 crafted on the model the defence protects, as if the defence were not
-#   there (the classifier behind a preprocessing step; otherwise the model itself);
-# * **autograd**: PGD-10 on the defended model as served, with autograd's gradient;
-# * **adaptive**: the worst case per digit over PGD-20 with the cross-entropy and with
-#   Carlini and Wagner's logit margin, on the attacker's stand-in: BPDA for the squeezer, the
-#   logits divided by $T$ for distillation, the whole pipeline for the autoencoder;
-# * **worst**: the worst case over all three, the number to trust.
-#
-# It also measures the squeezing **detector** (Xu et al.: an input is flagged when squeezing
+# The three attacks of section 4 on every defence, on the 450 test digits at eps = 0.15
+# (L-inf, pixel units), for seeds 0, 1 and 2 (each seed trains every model afresh). It also measures the squeezing **detector** (Xu et al.: an input is flagged when squeezing
 # moves its prediction; threshold at 5% false positives on clean digits) against the naive
 # examples and against adaptive ones pushed to fool every squeezed view at once, and runs the
 # sanity checks of section 7. Everything is trained and attacked once and cached:
@@ -314,28 +340,6 @@ print(format_defenses_table(result))
 defense_curves_figure(result["rows"], title=f"accuracy vs eps, naive and adaptive attacks "
                       f"(mean over seeds {result['seeds']}, "
                       f"{result['settings']['curve_images']} test digits)");
-
-# %% [markdown]
-# ## 6. The panel: one digit, every defence, both attacks
-#
-# Move epsilon and watch each defended model's prediction on the naive and on the adaptive
-# adversarial digit. Every budget was attacked once, up front; a move is a lookup.
-
-# %%
-from workbench.widgets import defenses_panel
-
-correct = torch.stack([m.served(x_test[:50]).argmax(1) == y_test[:50]
-                       for m in models.values()]).all(0)
-index = int(correct.nonzero()[0])  # the first test digit every defended model gets right
-panel = defenses_panel(models, x_test[index], int(y_test[index]))
-display(panel.widget)
-
-# %%
-panel.controls["eps"].value = 0.15
-shown = panel.result
-for name, fooled in shown.fooled.items():
-    print(f"eps 0.15, {name:21s}: naive attack {'fools' if fooled['naive'] else 'does not fool'}"
-          f" it, adaptive attack {'fools' if fooled['adaptive'] else 'does not fool'} it")
 
 # %% [markdown]
 # ## 7. Sanity checks every evaluation should pass
@@ -363,7 +367,7 @@ for entry in result["sanity"]:
 #
 # Squeezing needs no training, so it also runs on notebook 02's ImageNet classifier (in lite
 # mode EfficientNet-Lite0 with its real weights; in full mode MobileNetV2). Xu et al. used 5
-# bits and a 2 x 2 median filter on ImageNet. The same attacks as in section 5, on the five
+# bits and a 2 x 2 median filter on ImageNet. The same attacks as in section 4, on the five
 # labelled sample photos, at eps = 4/255 (five photos give coarse numbers: 20% steps).
 
 # %%
@@ -385,7 +389,7 @@ for key, value in photo_result.items():
 # %% [markdown]
 # ## 9. An honest reading
 #
-# Each sentence below is computed from the numbers of section 5 (gaps count when they exceed
+# Each sentence below is computed from the numbers of section 6 (gaps count when they exceed
 # 0.05 on every seed):
 
 # %%

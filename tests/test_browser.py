@@ -137,3 +137,25 @@ def test_fgsm_panel_eps_slider_changes_top5(lab_server, page):
     assert result.value_after != result.value_before
     assert "top-5 after" in result.output_after
     assert time.monotonic() - started < 120
+
+
+DEFENSES_NOTEBOOK = "notebooks/solutions/07_defenses.ipynb"
+
+
+def test_defenses_panel_eps_slider_changes_what_is_fooled(lab_server, page):
+    started = time.monotonic()
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        DEFENSES_NOTEBOOK,
+        slider_description="eps (L-inf)",
+        output_probe='.widget-html:has-text("defended models")',
+        run_until="defenses_panel(",  # the three-seed experiment comes after the panel
+        key="ArrowRight",
+        presses=2,
+        timeout_s=150,
+        screenshot_prefix="defenses_",
+    )
+    assert (result.value_before, result.value_after) == ("0.150", "0.200")
+    assert "eps = 0.200" in result.output_after and "eps = 0.150" in result.output_before
+    assert time.monotonic() - started < 240

@@ -3,10 +3,10 @@ slider.
 
 For each defence (:class:`workbench.defense_experiment.Defence`) the panel shows the
 adversarial digit the naive attack makes and the one the adaptive attack makes at the
-slider's budget, and what the defended model predicts on each (red when it is fooled). Every
-budget of the grid is attacked once, up front: per defence and attack, one batched PGD run
-with one budget per copy of the digit. A slider move is then a lookup and widget
-assignments: no model call, no encoding (ipywidgets 7 and 8).
+slider's budget, and what the defended model predicts on each (red when it is fooled), under a
+line counting the fooled models. Every budget of the grid is attacked once, up front: per
+defence and attack, one batched PGD run with one budget per copy of the digit. A slider move
+is then a lookup and widget assignments: no model call, no encoding (ipywidgets 7 and 8).
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ class DefensesPanel:
                 cells.append(w.HBox([image_widget, text], layout=w.Layout(width="230px")))
             rows.append(w.HBox([w.HTML(html.escape(name), layout=w.Layout(width="170px")),
                                 *cells]))
+        self.status = w.HTML()
         self.controls["eps"].observe(lambda change: self._show(), names="value")
-        self.widget = w.VBox([self.controls["eps"], *rows])
+        self.widget = w.VBox([self.controls["eps"], self.status, *rows])
         self._show()
 
     def _index(self) -> int:
@@ -114,6 +115,11 @@ class DefensesPanel:
 
     def _show(self) -> None:
         i = self._index()
+        fooled = {a: sum(self.predictions[name][a][i] != self.label for name in self.predictions)
+                  for a in ATTACKS}
+        self.status.value = (f"eps = {self.epsilons[i]:.3f}: the naive attack fools "
+                             f"{fooled['naive']} of {len(self.predictions)} defended models, "
+                             f"the adaptive attack {fooled['adaptive']} (label {self.label})")
         for (name, attack), (image_widget, text) in self._cells.items():
             predicted = self.predictions[name][attack][i]
             colour = "#b2182b" if predicted != self.label else "#1a7f37"
