@@ -159,3 +159,24 @@ def test_defenses_panel_eps_slider_changes_what_is_fooled(lab_server, page):
     assert (result.value_before, result.value_after) == ("0.150", "0.200")
     assert "eps = 0.200" in result.output_after and "eps = 0.150" in result.output_before
     assert time.monotonic() - started < 240
+
+
+LAT_NOTEBOOK = "notebooks/solutions/04_lat.ipynb"
+
+
+def test_lat_panel_layer_slider_changes_the_perturbation_shown(lab_server, page):
+    started = time.monotonic()
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        LAT_NOTEBOOK,
+        slider_description="layer",
+        run_until="lat_panel(",  # the sweep and the experiment come after the panel
+        key="ArrowRight",
+        presses=1,
+        timeout_s=150,
+        screenshot_prefix="lat_",
+    )
+    assert result.value_after != result.value_before
+    assert "||delta|| / ||h||" in result.output_after
+    assert time.monotonic() - started < 240
