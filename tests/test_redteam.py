@@ -262,3 +262,32 @@ def test_the_models_refuse_bad_prompts(red_lm, chatbot):
         generation.chatbot_replies(chatbot, ["do you like pizza? " * 20])
     with pytest.raises(ValueError, match="not in the lite models' vocabulary"):
         generation.chatbot_replies(chatbot, ["do you like zorblax?"])
+
+
+class KeywordJudge:
+    """Scores a case 1.0 when its question is about the user ("my"), else 0.0: known
+    failures for checking the rounds' plumbing."""
+
+    def score(self, questions, replies):
+        return np.array([1.0 if " my " in f" {q} " else 0.0 for q in questions])
+
+
+def test_zero_shot_then_few_shot_rounds(red_lm, chatbot):
+    from workbench.redteam import rounds
+
+    out = rounds.compare_generation(red_lm, chatbot, KeywordJudge(), count=60, seed=0)
+    assert set(out) == {"zero-shot", "few-shot"}
+    for result in out.values():
+        assert len(result["questions"]) == len(result["replies"]) == len(result["scores"])
+        assert result["report"]["cases"] == len(result["questions"])
+        assert set(result["diversity"]) == {"distinct_1", "distinct_2", "distinct_3", "unique"}
+    # whether few-shot finds more failures is a measurement of the trained models (the
+    # models here are trained for a quarter of the steps), not an invariant
+    assert out == rounds.compare_generation(red_lm, chatbot, KeywordJudge(), count=60, seed=0)
+
+
+def test_diversity_report():
+    out = report.diversity(["a b c", "a b c", "d e f"])
+    assert out["unique"] == pytest.approx(2 / 3) and out["distinct_3"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        report.diversity(["one"])

@@ -73,3 +73,16 @@ def embedding_spread(vectors: np.ndarray) -> float:
     n = len(unit)
     similarity = (unit @ unit.T).sum() - n  # off-diagonal sum
     return float(1 - similarity / (n * (n - 1)))
+
+
+def diversity(texts: Sequence[str], encoder=None) -> dict:
+    """``{"distinct_1", "distinct_2", "distinct_3", "unique"}`` of ``texts`` (:func:`distinct_n`;
+    ``unique``: the share of distinct texts), and ``"spread"`` (:func:`embedding_spread` of
+    ``encoder.embed(texts)``, e.g. the shipped MiniLM encoder) when an encoder is given."""
+    if len(texts) < 2:
+        raise ValueError(f"diversity needs at least 2 texts, got {len(texts)}")
+    out = {f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)}
+    out["unique"] = len(set(texts)) / len(texts)
+    if encoder is not None:
+        out["spread"] = embedding_spread(encoder.embed(list(texts)))
+    return out
