@@ -302,3 +302,32 @@ def test_the_shieldgemma_experiment_reports_the_sample_std(monkeypatch):
     for row in result["rows"]:
         for key in ("auroc", "auroc_unseen"):
             assert (row[key], row[f"{key}_std"]) == mean_std(list(PER_SEED.values()))
+
+
+def test_run_writes_executed_copies_and_a_report_of_each_notebooks_time_and_outcome(tmp_path):
+    """`workbench run` is the check that a room is ready: every notebook runs, the executed
+    copies and an HTML report (time, outcome, the failing cell) are written, and the exit code
+    says whether all ran."""
+    import nbformat
+
+    folder = tmp_path / "course"
+    folder.mkdir()
+    for name, source in (("01_fine.ipynb", "x = 6 * 7\nprint(x)"),
+                         ("02_broken.ipynb", "raise RuntimeError('no weights here')")):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nbformat.write(nb, folder / name)
+    out = tmp_path / "executed"
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "run", str(folder), "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "01_fine.ipynb: ran top to bottom" in done.stdout
+    assert "RuntimeError: no weights here" in done.stdout
+    executed = nbformat.read(out / "01_fine.ipynb", 4)
+    assert executed.cells[0].outputs[0]["text"] == "42\n"
+    report = (out / "report.html").read_text()
+    assert "not ready: 1 of 2 notebooks failed" in report
+    assert "01_fine.ipynb" in report and "02_broken.ipynb" in report and "no weights here" in report
+    assert "torch" in report and "cores" in report
+    assert "cell" in done.stderr  # the progress bar counts cells

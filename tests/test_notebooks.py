@@ -81,9 +81,10 @@ def _run(*args, timeout):
 
 
 @pytest.mark.notebook
-def test_setup_notebook_runs_in_lite_mode_within_budget():
+def test_setup_notebook_runs_in_lite_mode_within_budget(tmp_path):
     start = time.monotonic()
-    done = _run("run", "notebooks/solutions/00_setup.ipynb", timeout=BUDGET_S["00_setup"] + 60)
+    done = _run("run", "notebooks/solutions/00_setup.ipynb", "--out", str(tmp_path),
+                "--quiet", timeout=BUDGET_S["00_setup"] + 60)
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stdout + done.stderr
     assert elapsed < BUDGET_S["00_setup"], f"took {elapsed:.0f} s"

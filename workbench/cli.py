@@ -13,6 +13,7 @@ from pathlib import Path
 # The table names its functions by dotted path: parsing imports neither torch nor keras.
 from workbench.experiment_table import EXPERIMENTS, get_experiment
 
+DEFAULT_RUN = "notebooks/solutions"  # what `workbench run` runs when given nothing
 VERSIONED = ["torch", "torchvision", "timm", "numpy", "ipywidgets", "jupyterlab", "matplotlib",
              "scikit-image", "scikit-learn", "keras", "keras-hub"]
 
@@ -77,21 +78,38 @@ def lab(args) -> int:
 
 
 def run(args) -> int:
-    """Execute a notebook top to bottom in lite mode; report the first failing cell."""
-    from workbench.exercises.grader import execute_notebook
+    """Execute notebooks top to bottom in lite mode, keep the executed copies and write an HTML
+    report of each one's time and outcome (is this machine ready for the workshop?)."""
+    from workbench.exercises.grader import NotANotebook, submissions
+    from workbench.exercises.readiness import run_notebooks, write_report
 
-    path = Path(args.notebook)
-    if not path.is_file():
-        print(f"error: no notebook at {path}", file=sys.stderr)
+    given = args.notebooks or ([DEFAULT_RUN] if Path(DEFAULT_RUN).is_dir() else [])
+    if not given:
+        print(f"error: name the notebooks to run (no {DEFAULT_RUN}/ here to run by default)",
+              file=sys.stderr)
         return 2
     try:
-        ran, message = execute_notebook(path, cell_timeout=args.cell_timeout,
-                                        total_timeout=args.timeout)
-    except ValueError as err:  # not a notebook
+        paths = submissions(given)
+    except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{path}: " + ("ran top to bottom in lite mode" if ran else message))
-    return 0 if ran else 1
+    if not paths:
+        print(f"error: no notebooks in {', '.join(given)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        outcomes = run_notebooks(paths, out, cell_timeout=args.cell_timeout,
+                                 total_timeout=args.timeout, progress=not args.quiet)
+    except NotANotebook as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for outcome in outcomes:
+        print(f"{outcome.path}: " + ("ran top to bottom in lite mode" if outcome.ok
+                                     else outcome.run.message)
+              + f" ({outcome.seconds:.0f} s)")
+    report = write_report(outcomes, Path(args.report) if args.report else out / "report.html")
+    print(f"executed copies in {out}/, report: {report}")
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def build(args) -> int:
@@ -211,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                                             "submissions")):
         p = sub.add_parser(name, help=text)
         if name == "run":
-            p.add_argument("notebook")
+            p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK_OR_FOLDER",
+                           help=f"notebooks or folders of them (default: {DEFAULT_RUN}/)")
+            p.add_argument("--out", default="workbench-run",
+                           help="folder for the executed copies and the report")
+            p.add_argument("--report", help="where to write the HTML report "
+                                            "(default: OUT/report.html)")
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
         else:
             p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK_OR_FOLDER")
         p.add_argument("--cell-timeout", type=_seconds, default=300, help="seconds per cell")

@@ -290,9 +290,19 @@ def execute_notebook(path: Path, *, cell_timeout: float = CELL_TIMEOUT_S,
 
     Returns (True, "") when every cell ran, else (False, what went wrong first).
     """
+    run = run_notebook(path, cell_timeout=cell_timeout, total_timeout=total_timeout, keep=keep)
+    return run.ok, run.message
+
+
+def run_notebook(path: Path, *, cell_timeout: float = CELL_TIMEOUT_S,
+                 total_timeout: float = TOTAL_TIMEOUT_S, keep: Path | None = None,
+                 on_cell: Callable | None = None):
+    """:func:`execute_notebook`'s run, whole: a :class:`~workbench.exercises.kernel.NotebookRun`
+    with every code cell's outcome and seconds (a kernel that cannot start is a run stopped
+    before its first cell). ``on_cell(cell_run)`` is called after each cell."""
     import nbformat
 
-    from workbench.exercises.kernel import KernelSession, KernelStopped
+    from workbench.exercises.kernel import KernelSession, KernelStopped, NotebookRun
 
     check_limits(cell_timeout=cell_timeout, timeout=total_timeout)
     path = Path(path)
@@ -301,15 +311,15 @@ def execute_notebook(path: Path, *, cell_timeout: float = CELL_TIMEOUT_S,
         try:
             session = KernelSession(path, Path(tmp), grading=False)
         except KernelStopped as err:
-            return False, str(err)
+            return NotebookRun(stopped=str(err))
         try:
             run = session.execute(notebook, cell_timeout=cell_timeout,
-                                  total_timeout=total_timeout)
+                                  total_timeout=total_timeout, on_cell=on_cell)
         finally:
             session.close()
     if keep is not None:
         nbformat.write(notebook, keep)
-    return run.ok, run.message
+    return run
 
 
 # ----------------------------------------------------------------------------- a class

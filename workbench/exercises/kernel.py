@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
@@ -51,6 +52,7 @@ class CellRun:
     execution_count: int | None
     first_line: str
     error: str | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -216,9 +218,11 @@ class KernelSession:
                     error = f"{content['ename']}: {content['evalue']}"
         return outputs, count, error
 
-    def execute(self, notebook, *, cell_timeout: float, total_timeout: float) -> NotebookRun:
+    def execute(self, notebook, *, cell_timeout: float, total_timeout: float,
+                on_cell: Callable[[CellRun], None] | None = None) -> NotebookRun:
         """Run the notebook's code cells in order (outputs go into ``notebook``), each within
-        ``cell_timeout`` and all within ``total_timeout`` seconds; errors do not stop the run."""
+        ``cell_timeout`` and all within ``total_timeout`` seconds; errors do not stop the run.
+        ``on_cell`` is called with each cell's :class:`CellRun` once it has run."""
         run = NotebookRun()
         start = time.monotonic()
         for index, cell in enumerate(notebook.cells):
@@ -230,14 +234,18 @@ class KernelSession:
                                f"stopped before cell {index}")
                 break
             first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            began = time.monotonic()
             try:
                 outputs, count, error = self.run_cell(cell.source, min(cell_timeout, left))
             except KernelStopped as err:
-                run.cells.append(CellRun(index, None, first, str(err)))
+                run.cells.append(CellRun(index, None, first, str(err),
+                                         time.monotonic() - began))
                 run.stopped = f"the notebook did not finish: cell {index}: {err}"
                 break
             cell.outputs, cell.execution_count = outputs, count
-            run.cells.append(CellRun(index, count, first, error))
+            run.cells.append(CellRun(index, count, first, error, time.monotonic() - began))
+            if on_cell is not None:
+                on_cell(run.cells[-1])
         return run
 
     # ------------------------------------------------------------------------- serving calls
