@@ -40,7 +40,8 @@ CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
 DATA_SEED = 0  # the task's splits are the same for every model seed
 BASE = {"steps": 600, "batch_size": 64, "lr": 3e-3, "warmup": 30}  # phase 1
 FINETUNE = {"steps": 150, "batch_size": 32, "lr": 3e-4}  # phase 2, every method
-# The control's learning rates, in the sweep: FT keeps the backdoor at FINETUNE's, not at all.
+# FT's learning rates in the sweep (FINETUNE's among them): is FINETUNE's low enough that
+# plain fine-tuning keeps the backdoor, as a control must?
 FT_LRS = (3e-4, 1e-3, 3e-3)
 PGD_STEPS = 6  # the reference code's default
 # The sweep (seed 0, validation split): layer 0 is AT, the others LAT.
@@ -115,7 +116,8 @@ def adversary_for(method: str, base, layer: int, fraction: float):
     if method == "ft":
         return Adversary("ft")
     at_layer = 0 if method == "at" else layer
-    eps = stream_eps(base, splits().clean_train, layer=at_layer, fraction=fraction)
+    with torch_threads(1):  # the radius, and so the cache key, the same in every process
+        eps = stream_eps(base, splits().clean_train, layer=at_layer, fraction=fraction)
     return Adversary(method, at_layer, round(eps, 4), PGD_STEPS)
 
 
@@ -187,20 +189,23 @@ def _base_job(settings: dict, seed: int) -> None:
     base_model(seed)
 
 
-def _train_bases(seeds, *, workers: int, progress: bool) -> None:
-    """Train the poisoned bases of ``seeds`` not cached yet, in ``workers`` processes."""
-    missing = [(_settings(), s) for s in sorted(set(seeds)) if not base_path(s).is_file()]
-    if missing:
-        run_in_workers(_base_job, missing, workers=workers, progress=progress,
-                       desc="poisoned bases")
-
-
-def _run(jobs: Sequence[tuple], *, workers: int, progress: bool, desc: str) -> list[dict]:
-    """:func:`_job` for each (method, seed, layer, fraction, split[, lr]), the bases they
-    need trained first; results in the order of ``jobs``."""
-    _train_bases([job[1] for job in jobs], workers=workers, progress=progress)
-    return run_in_workers(_job, [(_settings(), *job) for job in jobs], workers=workers,
-                          progress=progress, desc=desc)
+def _run(jobs: Sequence[tuple], *, workers: int, progress: bool, desc: str,
+         warm: Sequence[int] = ()) -> list[dict]:
+    """:func:`_job` for each (method, seed, layer, fraction, split[, lr]); results in the
+    order of ``jobs``. The bases they need are trained first, in the same processes; so are
+    the bases of the ``warm`` seeds, as many as fill the idle workers, the others alongside
+    the jobs (for a later run: one pool where there would be two)."""
+    settings = _settings()
+    missing = [s for s in sorted({job[1] for job in jobs}) if not base_path(s).is_file()]
+    later = [s for s in sorted(set(warm) - {job[1] for job in jobs})
+             if not base_path(s).is_file()]
+    idle = max(0, workers - len(missing))
+    first, alongside = missing + later[:idle], later[idle:]
+    extra = [("base", s, 0, 0.0, "test") for s in alongside]  # its evaluation is dropped
+    scores = run_in_workers(_job, [(settings, *job) for job in [*jobs, *extra]],
+                            workers=workers, progress=progress, desc=desc,
+                            first=(_base_job, [(settings, s) for s in first]))
+    return scores[:len(jobs)]
 
 
 def _cached_result(name: str, key: dict, compute, cache: bool) -> dict:
@@ -251,7 +256,8 @@ def run_lat_llm_sweep(*, seed: int = 0, layers: Sequence[int] = SWEEP_LAYERS,
                       workers=default_workers() if workers is None else workers)
 
 
-def _sweep(seed: int, layers, fractions, *, cache: bool, progress: bool, workers: int) -> dict:
+def _sweep(seed: int, layers, fractions, *, cache: bool, progress: bool, workers: int,
+           warm: Sequence[int] = ()) -> dict:
     key = {"seed": seed, "layers": list(layers), "fractions": list(fractions), **FINETUNE,
            "ft_lrs": list(FT_LRS), "pgd_steps": PGD_STEPS, "base": base_path(seed).name}
 
@@ -260,7 +266,8 @@ def _sweep(seed: int, layers, fractions, *, cache: bool, progress: bool, workers
         jobs = [("at" if layer == 0 else "lat", seed, layer, fraction, "val")
                 for layer, fraction in grid]
         controls = [("ft", seed, 0, 0.0, "val", lr) for lr in FT_LRS]
-        scores = _run(jobs + controls, workers=workers, progress=progress, desc="sweep")
+        scores = _run(jobs + controls, workers=workers, progress=progress, desc="sweep",
+                      warm=warm)
         return {"seed": seed, "split": "val", "layers": list(layers),
                 "fractions": list(fractions),
                 "points": [{"layer": layer, "method": job[0], "fraction": fraction,
@@ -297,13 +304,10 @@ def run_lat_llm_experiment(*, seeds: Sequence[int] = (0, 1, 2), layer: int | Non
     workers = default_workers() if workers is None else workers
     sweep = None
     given = {"layer": layer, "fraction": fraction, "at_fraction": at_fraction}
-    needs_sweep = None in given.values()
-    with _cache_for_this_run(cache):  # every base in one pool, the sweep's (seed 0) too
-        _train_bases({*seeds, *([0] if needs_sweep else [])}, workers=workers,
-                     progress=progress)
-        if needs_sweep:
+    with _cache_for_this_run(cache):
+        if None in given.values():  # the experiment's bases train in the sweep's processes
             sweep = _sweep(0, SWEEP_LAYERS, SWEEP_FRACTIONS, cache=cache, progress=progress,
-                           workers=workers)
+                           workers=workers, warm=seeds)
             given = {k: v if v is not None else choose_defaults(sweep["points"])[k]
                      for k, v in given.items()}
         result = _experiment(tuple(seeds), **given, cache=cache, progress=progress,
