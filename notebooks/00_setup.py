@@ -104,6 +104,14 @@ for pred in top_k(probs, model.categories, k=3):
 # !workbench grade student/02_fgsm.ipynb
 # ```
 #
+# or, in the notebook you are working on (in Colab too, where there is no terminal), from a
+# cell at its end, once you have saved it:
+#
+# ```
+# from workbench.exercises.colab import grade_this_notebook
+# grade_this_notebook()
+# ```
+#
 # It runs the notebook top to bottom in lite mode in a fresh kernel, in a scratch copy of its
 # folder, with a time limit per cell and for the whole notebook, then runs every check of every
 # exercise on your functions: each call runs in that kernel, with what your earlier cells

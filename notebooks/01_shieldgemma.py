@@ -163,6 +163,9 @@ check("make_prompt", make_prompt)
 #
 # In **full** mode (a GPU, e.g. Colab) the scorer is ShieldGemma 2B from keras-hub
 # (`shieldgemma_2b_en`; its weights come from Kaggle once you accept the Gemma licence there).
+# In Colab, give the notebook your Kaggle credentials through the Secrets panel (the key icon
+# on the left): add `KAGGLE_USERNAME` and `KAGGLE_KEY` (kaggle.com > Settings > API > Create
+# New Token) and switch on notebook access; the loader copies them to where kagglehub looks.
 # In **lite** mode (CPU, offline) it is a small model trained here:
 #
 # * a keras-hub `GemmaCausalLM`, like ShieldGemma, but a few layers deep and about a hundred

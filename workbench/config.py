@@ -184,3 +184,31 @@ def start(seed: int = 0):
             else "full: downloads the large pretrained models")
     print(f"workbench mode {what}; device {device}; torch {torch.__version__}; seed {seed}")
     return device
+
+
+KAGGLE_SECRETS = ("KAGGLE_USERNAME", "KAGGLE_KEY")  # what kagglehub reads for gated presets
+
+
+def use_colab_secrets(names=KAGGLE_SECRETS) -> list[str]:
+    """In Colab, copy the secrets ``names`` from the Secrets panel (the key icon on the left:
+    add ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` from kaggle.com > Settings > API, and let the
+    notebook access them) into the environment, where kagglehub looks. Variables already set
+    are left alone; outside Colab nothing happens. Returns the names it set."""
+    import sys
+
+    if "google.colab" not in sys.modules:
+        return []
+    from google.colab import userdata  # present only in Colab
+
+    set_now = []
+    for name in names:
+        if os.environ.get(name):
+            continue
+        try:
+            value = userdata.get(name)
+        except Exception:  # not added, or the notebook was not given access: kagglehub says so
+            continue
+        if value:
+            os.environ[name] = value
+            set_now.append(name)
+    return set_now

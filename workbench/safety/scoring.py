@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.config import cuda_available, quiet_native_stderr
+from workbench.config import cuda_available, quiet_native_stderr, use_colab_secrets
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import check_unicode, make_prompt, parse_prompt
 
@@ -402,6 +402,7 @@ def load_shieldgemma(preset: str = "shieldgemma_2b_en", *,
     ``$KAGGLEHUB_CACHE`` (default ``~/.cache/kagglehub``).
     """
     check_preset(preset)
+    use_colab_secrets()  # in Colab: Kaggle credentials from the Secrets panel
     _, keras_hub = import_keras_hub()
     dtype = "bfloat16" if cuda_available() else "float32"
     try:
