@@ -291,3 +291,19 @@ def test_diversity_report():
     assert out["unique"] == pytest.approx(2 / 3) and out["distinct_3"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         report.diversity(["one"])
+
+
+def test_clusters_of_known_groups_with_their_top_terms():
+    from workbench.redteam import clusters
+
+    texts = ["is my singing good?", "do you like my singing?", "rate my singing?",
+             "are you clever?", "are you kind?"]
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    out = clusters.cluster(texts, vectors, 2, examples=2)
+    assert [c["size"] for c in out] == [3, 2]
+    assert out[0]["top_terms"][:2] == ["my", "singing"]
+    assert out[1]["top_terms"][:2] == ["are", "you"] and set(out[1]["examples"]) == set(texts[3:])
+    assert out == clusters.cluster(texts, vectors, 2, examples=2)
+    for k in (0, 6):
+        with pytest.raises(ValueError, match="k must be"):
+            clusters.cluster(texts, vectors, k)
