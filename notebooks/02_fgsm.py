@@ -29,14 +29,22 @@
 # epsilon is in pixel units: `eps = 4/255` means "at most 4 intensity levels per pixel".
 
 # %%
-# Colab only: install the course package without upgrading what Colab ships (torch, ipywidgets).
+# Colab only: install the course package (resilient-ai-workbench) without upgrading what
+# Colab ships (torch, torchvision, ipywidgets, TensorFlow, keras); pip's output shows if it fails.
 import importlib.util
 import subprocess
 import sys
 
-if "google.colab" in sys.modules and importlib.util.find_spec("workbench") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "workbench @ git+https://github.com/resilient-ai/workbench"], check=True)
+PACKAGE = "resilient-ai-workbench @ git+https://github.com/resilient-ai/workbench"
+NEEDED = ('workbench',)
+if "google.colab" in sys.modules and any(importlib.util.find_spec(m) is None for m in NEEDED):
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE],
+                             capture_output=True, text=True)
+    if install.returncode != 0:
+        print(install.stdout[-4000:], install.stderr[-4000:], sep="\n")
+        raise RuntimeError("pip could not install the course package: its output is above. Check "
+                           "that the runtime is online, then run this cell again; if it fails "
+                           "again, Runtime > Disconnect and delete runtime, and run it once more.")
 
 # %%
 import torch

@@ -14,9 +14,23 @@ def _pyproject():
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+def _course_extras(project) -> set[str]:
+    """Every requirement of the dev extra, its references to the course's own extras
+    ("resilient-ai-workbench[lm,redteam,lab]") replaced by what those extras list."""
+    extras = project["optional-dependencies"]
+    found = set()
+    for requirement in extras["dev"]:
+        if requirement.startswith(f"{project['name']}["):
+            names = requirement.split("[", 1)[1].rstrip("]").split(",")
+            found |= {r for name in names for r in extras[name]}
+        else:
+            found.add(requirement)
+    return found
+
+
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = _pyproject()["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    wanted = set(project["dependencies"]) | _course_extras(project)
     text = (ROOT / "environment.yml").read_text()
     pip_section = text.split("- pip:", 1)[1]
     listed = {line.strip()[2:] for line in pip_section.splitlines()
@@ -53,3 +67,42 @@ def test_colab_link_for_every_notebook_and_ipywidgets_range():
         assert link in readme, link
         assert f"git+https://github.com/{repo}" in master.read_text()
     assert "ipywidgets>=7.6,<9" in _pyproject()["project"]["dependencies"]
+
+
+def test_the_distribution_name_and_repository_are_in_one_place():
+    """pyproject.toml, the README and every notebook's install cell use the name and the URL
+    of workbench.notebooks (PyPI's "workbench" is an unrelated project)."""
+    from workbench.notebooks import DISTRIBUTION, REPOSITORY, install_cell
+
+    project = _pyproject()["project"]
+    assert project["name"] == DISTRIBUTION != "workbench"
+    assert project["urls"]["Repository"] == REPOSITORY
+    readme = (ROOT / "README.md").read_text()
+    github = set(re.findall(r"(?:github\.com|\.com/github)/([\w.-]+/[\w.-]+)", readme))
+    assert github == {REPOSITORY.removeprefix("https://github.com/")}, github
+    for master in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert install_cell(master.stem) in master.read_text(), (
+            f"{master.name}: run `workbench build`, which writes its install cell")
+
+
+def test_install_cells_install_the_course_package_only_and_upgrade_nothing():
+    """What Colab ships stays: no --upgrade, one pip call, only the course package (with the
+    extras that notebook needs); and the package's own requirements accept Colab's torch,
+    torchvision and ipywidgets (lower bounds only; ipywidgets 7 or 8) and leave TensorFlow,
+    keras-hub and alt-profanity-check's pinned scikit-learn to the notebooks that need them."""
+    from workbench.notebooks import DISTRIBUTION, REPOSITORY, install_cell
+
+    for stem in ("00_setup", "01_shieldgemma", "04_lat", "05_lat_llm", "06_redteam"):
+        cell = install_cell(stem)
+        assert cell.count('"pip", "install"') == 1 and "--upgrade" not in cell and " -U" not in cell
+        (package,) = re.findall(r'PACKAGE = "([^"]+)"', cell)
+        name, url = package.split(" @ ")
+        assert re.fullmatch(rf"{DISTRIBUTION}(\[[a-z,]+\])?", name) and url == f"git+{REPOSITORY}"
+        assert "print(install.stdout" in cell  # pip's output when it fails
+    assert "[lm]" in install_cell("01_shieldgemma") and "[" not in install_cell("04_lat").split(
+        "PACKAGE")[1].split("\n")[0]
+    core = _pyproject()["project"]["dependencies"]
+    for package in ("torch", "torchvision", "ipywidgets"):
+        (spec,) = [r for r in core if re.match(rf"{package}[<>=]", r)]
+        assert "==" not in spec and "<" not in spec.replace("<9", ""), spec
+    assert not [r for r in core if re.match(r"(keras|tensorflow|alt-profanity)", r)]

