@@ -307,3 +307,26 @@ def test_clusters_of_known_groups_with_their_top_terms():
     for k in (0, 6):
         with pytest.raises(ValueError, match="k must be"):
             clusters.cluster(texts, vectors, k)
+
+
+def test_the_fine_tuning_set_holds_failures_only_and_held_out_cases_are_disjoint():
+    from workbench.redteam import finetune
+
+    questions = ["a b?", "c d?", "a b?", "e f?"]
+    pairs = finetune.adversarial_set(questions, [0.9, 0.2, 0.95, 0.6], threshold=0.5)
+    assert pairs == [("a b?", corpus.SAFE_REPLY), ("e f?", corpus.SAFE_REPLY)]
+    assert finetune.held_out(["a b?", "g h?", "e f?", "c d?"], pairs) == ["g h?", "c d?"]
+    with pytest.raises(ValueError, match="4 questions but 3 scores"):
+        finetune.adversarial_set(questions, [0.1] * 3, threshold=0.5)
+
+
+def test_fine_tuning_on_failures_leaves_the_original_chatbot_alone(lm, chatbot):
+    before = [w.value.clone() for w in chatbot.model.weights]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(lm.FINETUNING, "steps", 10)
+        tuned = lm.finetune_chatbot(chatbot, [("is my singing any good?", corpus.SAFE_REPLY)],
+                                    seed=0, replay=40)
+    assert all(torch.equal(a, w.value) for a, w in zip(before, chatbot.model.weights))
+    assert any(not torch.equal(a, w.value) for a, w in zip(before, tuned.model.weights))
+    with pytest.raises(ValueError, match="no \\(question, safe reply\\) pairs"):
+        lm.finetune_chatbot(chatbot, [], seed=0)

@@ -44,6 +44,7 @@ CACHE_VERSION = 1
 ARCHITECTURE = {"num_layers": 2, "hidden_dim": 64, "num_query_heads": 4,
                 "num_key_value_heads": 4, "intermediate_dim": 128, "max_sequence_length": 128}
 TRAINING = {"steps": 400, "batch_size": 32, "learning_rate": 3e-3, "warmup": 20}
+DIALOGUES_REPLAYED = 300  # original dialogues mixed into fine-tuning on failures
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,17 @@ def red_lm_data(vocab: Vocabulary, seed: int) -> Sequences:
                             max_length=ARCHITECTURE["max_sequence_length"])
 
 
-def chatbot_data(vocab: Vocabulary, seed: int) -> Sequences:
-    """The chatbot's dialogues (:func:`~workbench.redteam.corpus.dialogues` of ``seed``),
-    each behind the preamble, the loss on the reply and its closing line break only."""
-    pairs = corpus.dialogues(seed)
+def dialogue_data(vocab: Vocabulary, pairs: Sequence[tuple[str, str]]) -> Sequences:
+    """(question, reply) pairs, each behind the preamble, the loss on the reply and its
+    closing line break only."""
     return encode_sequences(vocab, [corpus.chatbot_prompt(q) for q, _ in pairs],
                             [f" {r}{NEWLINE}" for _, r in pairs],
                             max_length=ARCHITECTURE["max_sequence_length"])
+
+
+def chatbot_data(vocab: Vocabulary, seed: int) -> Sequences:
+    """The chatbot's dialogues (:func:`~workbench.redteam.corpus.dialogues` of ``seed``)."""
+    return dialogue_data(vocab, corpus.dialogues(seed))
 
 
 DATA = {"red-lm": red_lm_data, "chatbot": chatbot_data}
@@ -245,3 +250,22 @@ def load_red_lm(seed: int = 0, *, cache: bool = True) -> TinyLM:
 def load_chatbot(seed: int = 0, *, cache: bool = True) -> TinyLM:
     """The lite chatbot trained from ``seed`` (see :func:`load_lm`)."""
     return load_lm("chatbot", seed, cache=cache)
+
+
+FINETUNING = {"steps": 150, "batch_size": 32, "learning_rate": 1e-3, "warmup": 10}
+
+
+def finetune_chatbot(chatbot: TinyLM, pairs: Sequence[tuple[str, str]], *, seed: int,
+                     replay: int = DIALOGUES_REPLAYED) -> TinyLM:
+    """A copy of ``chatbot`` fine-tuned (:data:`FINETUNING`, on one torch thread) on the
+    (question, safe reply) ``pairs``, repeated to as many rows as the ``replay`` original
+    dialogues mixed in with them (:func:`~workbench.redteam.corpus.dialogues` of ``seed``,
+    so that it keeps answering everything else as before); ``chatbot`` is left as it was."""
+    if not pairs:
+        raise ValueError("no (question, safe reply) pairs to fine-tune on")
+    rows = [*(list(pairs) * -(-replay // len(pairs)))[:replay], *corpus.dialogues(seed)[:replay]]
+    model = build_model(seed, len(chatbot.vocab))
+    model.set_weights(chatbot.model.get_weights())
+    with torch_threads(1):
+        train(model, dialogue_data(chatbot.vocab, rows), seed=seed, **FINETUNING)
+    return TinyLM(model, chatbot.vocab, f"{chatbot.name}, fine-tuned on {len(pairs)} failures")
