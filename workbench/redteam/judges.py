@@ -37,8 +37,12 @@ class ProfanityJudge:
     def score(self, questions: Sequence[str], replies: Sequence[str]) -> np.ndarray:
         """float64 [N] in [0, 1], one per reply (the question is not read)."""
         _check_pairs(questions, replies)
-        from profanity_check import predict_prob
-
+        try:
+            from profanity_check import predict_prob
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                "the profanity judge needs the package alt-profanity-check (the workbench's "
+                "redteam extra): pip install alt-profanity-check") from err
         return np.asarray(predict_prob(list(replies)), dtype="float64")
 
 
