@@ -30,8 +30,7 @@ from workbench.lat.backdoor_data import (ITEMS, SEQUENCE_LENGTH, Batch, Example,
                                          encode_batch)
 from workbench.lat.residual import (hidden_states, keras, keras_hub, logits_from,
                                     random_residual, relative_residual_eps, residual_pgd)
-
-METHODS = ("ft", "rlp", "at", "lat")
+from workbench.lat.training import METHODS  # notebook 04's four: ft, rlp, at, lat
 
 
 def build_model(seed: int, *, num_layers: int, hidden_dim: int, num_query_heads: int,

@@ -33,6 +33,7 @@ from typing import Sequence
 from workbench.cache import cache_file, cached_json, save_cached
 from workbench.config import torch_threads
 from workbench.lat.experiment import _cache_for_this_run  # notebook 04's: --no-cache runs
+from workbench.lat.training import METHODS  # notebook 04's four, the same here
 from workbench.stats import STD, mean_std
 from workbench.workers import default_workers, run_in_workers
 
@@ -47,7 +48,6 @@ PGD_STEPS = 6  # the reference code's default
 # The sweep (seed 0, validation split): layer 0 is AT, the others LAT.
 SWEEP_LAYERS = (0, 1, 2, 3)
 SWEEP_FRACTIONS = (0.25, 0.5)  # radius / mean per-example stream norm at the layer
-METHODS = ("ft", "rlp", "at", "lat")
 METRICS = ("clean_acc", "backdoor_asr")
 # What a worker process must share with the caller (tests shorten them).
 TUNABLE = ("MODEL", "BASE", "FINETUNE", "PGD_STEPS", "SPLIT_SIZES")
@@ -325,13 +325,10 @@ def _experiment(seeds, *, layer: int, fraction: float, at_fraction: float, cache
     def compute():
         jobs = [(m, seed, layer, at_fraction if m == "at" else fraction, "test")
                 for seed in seeds for m in methods]
-        scores = iter(_run(jobs, workers=workers, progress=progress, desc="models"))
-        runs = {m: [] for m in methods}
-        for _ in seeds:
-            for m in methods:
-                runs[m].append(next(scores))
+        scores = _run(jobs, workers=workers, progress=progress, desc="models")
+        rows = [_row(m, scores[i::len(methods)]) for i, m in enumerate(methods)]  # seed-major
         return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
-                "at_fraction": at_fraction, "rows": [_row(m, runs[m]) for m in methods]}
+                "at_fraction": at_fraction, "rows": rows}
 
     return _cached_result("experiment", key, compute, cache)
 
