@@ -19,10 +19,12 @@ import pytest
 from browser_helpers import (
     INSTALL_HINT,
     REPO_ROOT,
+    find_slider,
     lab_page,
     missing_browser_requirements,
     run_notebook_and_move_slider,
     screenshot,
+    slider_readout,
     start_lab,
 )
 
@@ -180,3 +182,54 @@ def test_lat_panel_layer_slider_changes_the_perturbation_shown(lab_server, page)
     assert result.value_after != result.value_before
     assert "||delta|| / ||h||" in result.output_after
     assert time.monotonic() - started < 240
+
+
+SHIELDGEMMA_NOTEBOOK = "notebooks/solutions/01_shieldgemma.ipynb"
+
+
+def test_shieldgemma_threshold_slider_changes_the_flagged_counts(lab_server, page):
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        SHIELDGEMMA_NOTEBOOK,
+        slider_description="threshold",
+        run_until="threshold_panel(",  # from an empty cache this trains the lite scorer
+        key="ArrowRight",
+        presses=10,
+        timeout_s=600,
+        screenshot_prefix="shieldgemma_",
+    )
+    assert float(result.value_after) > float(result.value_before)
+    assert result.output_after != result.output_before
+
+
+PGD_NOTEBOOK = "notebooks/solutions/03_pgd.ipynb"
+
+
+def test_pgd_panel_eps_and_steps_sliders_change_the_attack_shown(lab_server, page):
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        PGD_NOTEBOOK,
+        slider_description="eps",
+        run_until="pgd_panel(",
+        key="ArrowRight",
+        presses=2,
+        timeout_s=300,
+        screenshot_prefix="pgd_",
+    )
+    assert float(result.value_after) > float(result.value_before)
+    steps = find_slider(page, "steps")
+    before, shown = slider_readout(steps), result.output_after
+    steps.locator(".noUi-handle").first.focus()
+    steps.locator(".noUi-handle").first.press("ArrowLeft")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+        now = page.locator(".jp-OutputArea-output").filter(has=steps).locator(
+            ".widget-html").all_inner_texts()
+        if "\n".join(t.strip() for t in now) != shown:
+            break
+    assert int(slider_readout(steps)) == int(before) - 1
+    assert "\n".join(t.strip() for t in now) != shown, "moving steps changed nothing shown"
+    screenshot(page, "pgd_4_steps_moved")
