@@ -106,3 +106,16 @@ def test_install_cells_install_the_course_package_only_and_upgrade_nothing():
         (spec,) = [r for r in core if re.match(rf"{package}[<>=]", r)]
         assert "==" not in spec and "<" not in spec.replace("<9", ""), spec
     assert not [r for r in core if re.match(r"(keras|tensorflow|alt-profanity)", r)]
+
+
+def test_the_readme_shows_a_screenshot_of_every_panel_the_browser_tests_drive():
+    readme = (ROOT / "README.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[\w.-]+\.png)\)", readme)
+    assert pictures, "no screenshots in the README"
+    for picture in pictures:
+        data = (ROOT / picture).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000, picture
+    browser_tests = (ROOT / "tests" / "test_browser.py").read_text()
+    driven = set(re.findall(r"notebooks/solutions/(\d\d_\w+)\.ipynb", browser_tests))
+    shown = {Path(p).stem for p in pictures}
+    assert driven <= shown, driven - shown
