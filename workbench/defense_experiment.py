@@ -52,7 +52,8 @@ from workbench.defenses.distillation import train_at_temperature, train_student
 from workbench.defenses.evaluation import accuracy
 from workbench.defenses.models import Preprocessed, digits_cnn
 from workbench.defenses.reconstruction import digits_autoencoder, train_autoencoder
-from workbench.defenses.sanity import as_dicts, pgd_attack, sanity_checks, strongest_of
+from workbench.defenses.sanity import (as_dicts, pgd_attack, predictions, sanity_checks,
+                                       strongest_of)
 from workbench.defenses.squeezing import JointViews, SqueezeDetector, Squeezer
 from workbench.defenses.training import EPS
 from workbench.experiments import train_or_load
@@ -184,8 +185,8 @@ def attack_steps() -> dict[str, int]:
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(xb).argmax(1) for xb in x.split(256)]) == y
+    """(N,) bool on the CPU: which images of x the model gets right."""
+    return predictions(model, x) == y.cpu()
 
 
 def accuracies(defence: Defence, x: torch.Tensor, y: torch.Tensor, *, eps: float,

@@ -58,7 +58,7 @@ def strongest_of(model: nn.Module, attacks: list[Attack]) -> Attack:
     def attack(x, y, eps, steps, generator):
         best = attacks[0](x, y, eps, steps, generator)
         for other in attacks[1:]:
-            standing = _predictions(model, best) == y.cpu()
+            standing = predictions(model, best) == y.cpu()
             if not standing.any():
                 break
             rows = standing.nonzero().squeeze(1).to(x.device)
@@ -85,11 +85,11 @@ def worst_over_restarts(model: nn.Module, attack: Attack, x: torch.Tensor, y: to
     robust = torch.ones(len(y), dtype=torch.bool)
     for _ in range(restarts):
         x_adv = attack(x, y, eps, steps, generator)
-        robust &= _predictions(model, x_adv) == y
+        robust &= predictions(model, x_adv) == y
     return robust.float().mean().item()
 
 
-def _predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (N,) on the CPU, in eval mode (restored), in batches."""
     with attack_mode(model):
         return torch.cat([predict(model, xb) for xb in x.split(256)]).cpu()
