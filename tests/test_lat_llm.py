@@ -234,7 +234,8 @@ def test_the_result_has_a_row_per_method_with_spread_and_seeds(quick):
     sweep = result["sweep"]
     assert sweep["split"] == "val" and result["chosen_by"] == "sweep"
     assert [(p["layer"], p["method"], p["fraction"]) for p in sweep["points"]] == [
-        (0, "at", 0.25), (0, "at", 0.5), (1, "lat", 0.25), (1, "lat", 0.5)]
+        (layer, "at" if layer == 0 else "lat", fraction) for layer in (0, 1)
+        for fraction in experiment.SWEEP_FRACTIONS]
     assert [c["lr"] for c in sweep["ft_lr"]] == list(experiment.FT_LRS)
     assert experiment.FINETUNE["lr"] in experiment.FT_LRS  # the control's own point
     chosen = experiment.choose_defaults(sweep["points"])
@@ -261,6 +262,35 @@ def test_a_second_run_trains_nothing_and_gives_the_same_numbers(quick, monkeypat
     lat = first["rows"][-1]["per_seed"][0]
     assert backdoor.evaluate(models["lat"], splits.test, splits.test_triggered) == {
         "clean_acc": lat["clean_acc"], "backdoor_asr": lat["backdoor_asr"]}
+
+
+def _result(ft_asr: float, lat_asrs: tuple[float, float]) -> dict:
+    def row(method, asr, clean=0.9):
+        values = asr if isinstance(asr, tuple) else (asr, asr)
+        return {"method": method, "clean_acc": clean, "clean_acc_std": 0.0,
+                "backdoor_asr": sum(values) / 2, "backdoor_asr_std": 0.0,
+                "per_seed": [{"seed": i, "clean_acc": clean, "backdoor_asr": v, "eps": None}
+                             for i, v in enumerate(values)]}
+    return {"layer": 2, "fraction": 0.25, "at_fraction": 0.25, "seeds": [0, 1], "std": "s",
+            "rows": [row("base", 1.0), row("ft", ft_asr), row("rlp", ft_asr),
+                     row("at", 0.0, clean=0.7), row("lat", lat_asrs)],
+            "sweep": {"fractions": [0.25, 0.5], "ft_lr": [{"lr": 3e-3, "clean_acc": 0.9,
+                                                           "backdoor_asr": 0.1}],
+                      "points": [{"layer": 1, "fraction": 0.5, "clean_acc": 0.4}]}}
+
+
+def test_the_reading_is_computed_from_the_numbers():
+    lines = experiment.reading(_result(0.98, (0.0, 0.02)))
+    assert "keeps the backdoor" in lines[0] and "the comparison below can show" in lines[0]
+    assert "lr 0.003: success 0.10" in lines[1]
+    assert any(line.startswith("LAT (block 2)") and "below FT's on every seed" in line
+               for line in lines)
+    assert any(line.startswith("RLP") and "not below FT's" in line for line in lines)
+    assert any(line.startswith("AT") and "0.20 below FT's" in line for line in lines)
+    assert "0.40 at layer 1" in lines[-1]
+    failed = experiment.reading(_result(0.1, (0.0, 0.9)))  # the control fails; LAT one seed
+    assert "does not keep" in failed[0] and "says nothing" in failed[0]
+    assert any(line.startswith("LAT") and "not below FT's" in line for line in failed)
 
 
 def test_choose_defaults_trades_clean_accuracy_against_backdoor_success():

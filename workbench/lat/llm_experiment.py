@@ -37,7 +37,7 @@ from workbench.lat.training import METHODS  # notebook 04's four, the same here
 from workbench.stats import STD, mean_std
 from workbench.workers import default_workers, run_in_workers
 
-CACHE_VERSION = 1  # bump when the models, the data or a protocol below changes
+CACHE_VERSION = 2  # bump when the models, the data or a protocol below changes
 DATA_SEED = 0  # the task's splits are the same for every model seed
 BASE = {"steps": 600, "batch_size": 64, "lr": 3e-3, "warmup": 30}  # phase 1
 FINETUNE = {"steps": 150, "batch_size": 32, "lr": 3e-4}  # phase 2, every method
@@ -47,7 +47,7 @@ FT_LRS = (3e-4, 1e-3, 3e-3)
 PGD_STEPS = 6  # the reference code's default
 # The sweep (seed 0, validation split): layer 0 is AT, the others LAT.
 SWEEP_LAYERS = (0, 1, 2, 3)
-SWEEP_FRACTIONS = (0.25, 0.5)  # radius / mean per-example stream norm at the layer
+SWEEP_FRACTIONS = (0.1, 0.25, 0.5)  # radius / mean per-example stream norm at the layer
 METRICS = ("clean_acc", "backdoor_asr")
 # What a worker process must share with the caller (tests shorten them).
 TUNABLE = ("MODEL", "BASE", "FINETUNE", "PGD_STEPS", "SPLIT_SIZES")
@@ -357,3 +357,54 @@ def format_lat_llm_table(result: dict) -> str:
         lines += [f"{c['lr']:>8g} {c['clean_acc']:>6.3f} {c['backdoor_asr']:>6.3f}"
                   for c in sweep["ft_lr"]]
     return "\n".join(lines)
+
+
+MARGIN = 0.05  # a difference the reading calls real must hold on every seed by this much
+
+
+def _below(row: dict, other: dict, metric: str) -> bool:
+    """Whether ``row``'s ``metric`` is below ``other``'s on every seed by more than MARGIN."""
+    return all(a[metric] < b[metric] - MARGIN for a, b in zip(row["per_seed"], other["per_seed"]))
+
+
+def reading(result: dict) -> list[str]:
+    """:func:`run_lat_llm_experiment`'s result in sentences, each computed from its numbers:
+    whether the FT control kept the backdoor (and at which learning rates of the sweep it did
+    not), which methods lowered backdoor success below FT's on every seed, at what cost in
+    clean accuracy, and what the largest radius of the sweep did to the task."""
+    rows = {row["method"]: row for row in result["rows"]}
+    base, ft = rows["base"], rows["ft"]
+    kept = ft["backdoor_asr"] > 0.5
+    lines = [f"The poisoned base: clean accuracy {base['clean_acc']:.2f}, backdoor success "
+             f"{base['backdoor_asr']:.2f}. Plain fine-tuning on clean data (FT, lr "
+             f"{FINETUNE['lr']:g}) {'keeps' if kept else 'does not keep'} the backdoor: "
+             f"success {ft['backdoor_asr']:.2f} ± {ft['backdoor_asr_std']:.2f}"
+             + (", so the comparison below can show a method removing it." if kept else
+                ": the control fails, and the comparison below says nothing.")]
+    sweep = result.get("sweep")
+    if sweep:
+        removed = [c for c in sweep["ft_lr"] if c["backdoor_asr"] < 0.5]
+        if removed:
+            lines.append("At larger learning rates FT removes it too (validation, seed 0): "
+                         + "; ".join(f"lr {c['lr']:g}: success {c['backdoor_asr']:.2f}, clean "
+                                     f"{c['clean_acc']:.2f}" for c in removed) + ".")
+    for method, name in (("rlp", "RLP (random, LAT's size)"), ("at", "AT (embedding output)"),
+                         ("lat", f"LAT (block {result['layer']})")):
+        row = rows[method]
+        verdict = ("below FT's on every seed" if _below(row, ft, "backdoor_asr")
+                   else "not below FT's on every seed")
+        cost = ft["clean_acc"] - row["clean_acc"]
+        lines.append(f"{name}: backdoor success {row['backdoor_asr']:.2f} ± "
+                     f"{row['backdoor_asr_std']:.2f}, {verdict}; clean accuracy "
+                     f"{row['clean_acc']:.2f} ± {row['clean_acc_std']:.2f} ("
+                     + (f"{cost:.2f} below FT's)." if cost > 0 else
+                        f"{-cost:.2f} above FT's)." if cost < 0 else "as FT's)."))
+    if sweep:
+        largest = max(sweep["fractions"])
+        hurt = [p for p in sweep["points"] if p["fraction"] == largest]
+        lines.append(f"At the sweep's largest radius ({largest:g} x the stream norm) clean "
+                     f"accuracy is " + ", ".join(
+                         f"{p['clean_acc']:.2f} at layer {p['layer']}" for p in hurt)
+                     + ": the radius is the price of the removal, and the sweep, not one "
+                       "number, is the result.")
+    return lines

@@ -142,15 +142,18 @@ def _real(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(device=like.device, dtype=torch.float32)[..., None]
 
 
-def _random_offset(like: torch.Tensor, real: torch.Tensor, eps, generator, *,
-                   on_sphere: bool) -> torch.Tensor:
-    """A random offset per ball of ``like`` (B, ...) that is 0 where ``real`` is: a direction
-    uniform over the real coordinates, of length ``eps`` (on the sphere) or, as
-    :func:`random_in_ball` draws it, ``eps * U(0, 1)`` (in the ball). float32."""
-    offset = random_in_ball(like, eps, "l2", generator)
-    kept = offset * real  # the direction of an isotropic draw, restricted, is still uniform
-    length = per_example(eps, offset) if on_sphere else l2_norms(offset)
-    return kept / l2_norms(kept) * length
+def random_start(like: torch.Tensor, real: torch.Tensor, eps, generator) -> torch.Tensor:
+    """PGD's random start in each ball of ``like`` (B, ...): :func:`random_in_ball`'s point
+    with the padding coordinates (``real`` 0) set to 0, which keeps it in the ball. float32."""
+    return random_in_ball(like, eps, "l2", generator) * real
+
+
+def random_on_sphere(like: torch.Tensor, real: torch.Tensor, eps, generator) -> torch.Tensor:
+    """A random point of each ball's sphere over the real coordinates of ``like`` (B, ...):
+    a direction uniform over them (an isotropic draw, restricted, is still uniform), length
+    exactly ``eps``, 0 where ``real`` is. float32."""
+    kept = random_in_ball(like, eps, "l2", generator) * real
+    return kept / l2_norms(kept) * per_example(eps, kept)
 
 
 class _Stream(NamedTuple):
@@ -175,11 +178,11 @@ class _Stream(NamedTuple):
             return value.repeat_interleave(self.h.shape[1])
         return value
 
-    def random_offset(self, generator, *, on_sphere: bool) -> torch.Tensor:
-        """:func:`_random_offset` in every ball, (N, T, D) float32."""
-        offset = _random_offset(self.balls(self.h), self.balls(self.real), self.eps,
-                                generator, on_sphere=on_sphere)
-        return offset.view(self.h.shape)
+    def random(self, draw, generator) -> torch.Tensor:
+        """``draw`` (:func:`random_start` or :func:`random_on_sphere`) in every ball,
+        (N, T, D) float32."""
+        return draw(self.balls(self.h), self.balls(self.real), self.eps,
+                    generator).view(self.h.shape)
 
 
 def _stream(backbone, token_ids, padding_mask, *, layer, eps, per_token, generator) -> _Stream:
@@ -228,7 +231,7 @@ def residual_pgd(backbone, token_ids, padding_mask,
                          per_token=per_token, generator=generator)
         alpha = stream.eps / steps if alpha is None else \
             stream.per_ball(check_budget(alpha, len(stream.h), name="alpha", norm="l2"))
-        delta = stream.random_offset(generator, on_sphere=False)
+        delta = stream.random(random_start, generator)
         for _ in range(steps):
             delta = _step(backbone, stream, loss_fn, delta, alpha, layer)
     return delta.detach()
@@ -257,7 +260,7 @@ def random_residual(backbone, token_ids, padding_mask, *, layer: int, eps,
     0 at padding, drawn from ``generator``."""
     stream = _stream(backbone, token_ids, padding_mask, layer=layer, eps=eps,
                      per_token=per_token, generator=generator)
-    return stream.random_offset(generator, on_sphere=True)
+    return stream.random(random_on_sphere, generator)
 
 
 def relative_residual_eps(backbone, token_ids, padding_mask, *, layer: int, fraction: float,
