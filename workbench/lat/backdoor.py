@@ -56,9 +56,10 @@ def parameters(model) -> list[torch.Tensor]:
 
 def response_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) over the response tokens of ``batch`` only:
-    logits (N, T, V) -> scalar. The prompt and padding positions weigh nothing."""
-    targets = batch.token_ids[:, 1:]
-    weights = batch.target_mask[:, :-1].to(torch.float32)
+    logits (N, T, V) -> scalar. The prompt and padding positions weigh nothing. The batch may
+    be on the CPU and the logits on the model's device (a GPU)."""
+    targets = batch.token_ids[:, 1:].to(logits.device)
+    weights = batch.target_mask[:, :-1].to(device=logits.device, dtype=torch.float32)
     ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
     return (ce * weights).sum() / weights.sum()
 
@@ -117,8 +118,10 @@ def batches(count: int, batch_size: int, steps: int,
     return out[:steps]
 
 
-def _encoded(tokenizer: WordTokenizer, examples: Sequence[Example]) -> Batch:
-    return encode_batch(tokenizer, [e.prompt for e in examples], [e.response for e in examples])
+def _encoded(tokenizer: WordTokenizer, examples: Sequence[Example], *,
+             sequence_length: int = SEQUENCE_LENGTH) -> Batch:
+    return encode_batch(tokenizer, [e.prompt for e in examples], [e.response for e in examples],
+                        sequence_length=sequence_length)
 
 
 def _rows(batch: Batch, index: torch.Tensor) -> Batch:
@@ -130,19 +133,20 @@ def _rows(batch: Batch, index: torch.Tensor) -> Batch:
 
 def train(model, examples: Sequence[Example], *, steps: int, batch_size: int, lr: float,
           seed: int, adversary: Adversary = Adversary(), warmup: int = 0,
-          tokenizer: WordTokenizer | None = None, progress: bool = False,
-          desc: str = "training") -> list[float]:
+          tokenizer: WordTokenizer | None = None, sequence_length: int = SEQUENCE_LENGTH,
+          progress: bool = False, desc: str = "training") -> list[float]:
     """Train ``model`` in place on ``examples`` for ``steps`` batches; the loss of each step.
 
     Adam at ``lr`` (a linear warm-up over ``warmup`` steps, then cosine decay to 0 when
     ``warmup`` > 0; constant otherwise), the loss on response tokens only, under
     ``adversary``'s perturbation of each batch (found with the same loss; batches and random
-    starts from ``seed``).
+    starts from ``seed``). ``tokenizer`` (default :class:`WordTokenizer`) encodes the examples,
+    each at most ``sequence_length`` tokens with its response (longer: a ValueError).
     """
     from tqdm.auto import tqdm
 
     tokenizer = tokenizer or WordTokenizer()
-    data = _encoded(tokenizer, examples)
+    data = _encoded(tokenizer, examples, sequence_length=sequence_length)
     generator = torch.Generator().manual_seed(seed)
     backbone = model.backbone
     optimizer = torch.optim.Adam(parameters(model), lr=lr)
@@ -166,18 +170,21 @@ def train(model, examples: Sequence[Example], *, steps: int, batch_size: int, lr
 # ----------------------------------------------------------------------------- decoding
 
 def greedy_decode(model, prompts: Sequence[str], *, tokenizer: WordTokenizer | None = None,
-                  max_new_tokens: int = ITEMS + 1, batch_size: int = 256) -> list[str]:
+                  max_new_tokens: int = ITEMS + 1, sequence_length: int = SEQUENCE_LENGTH,
+                  batch_size: int = 256) -> list[str]:
     """The greedy response to each prompt (words up to ``<eos>``), ``max_new_tokens`` at most.
 
     Batched: prompts right-padded, each step one forward of the model over the batch and the
     argmax at each row's last token written after it (a causal model's logits there do not
-    depend on the padding beyond). A prompt too long for the model is a ValueError.
+    depend on the padding beyond). A prompt that leaves less than ``max_new_tokens`` of the
+    model's ``sequence_length`` is a ValueError.
     """
     tokenizer = tokenizer or WordTokenizer()
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        batch = encode_batch(tokenizer, chunk, sequence_length=SEQUENCE_LENGTH)
+        batch = encode_batch(tokenizer, chunk, sequence_length=sequence_length,
+                             response_room=max_new_tokens)
         out += [tokenizer.decode(row) for row in _decode_ids(model.backbone, batch,
                                                              max_new_tokens)]
     return out
@@ -210,16 +217,24 @@ def exact_match(model, examples: Sequence[Example], **kwargs) -> float:
     return sum(d == e.response for d, e in zip(decoded, examples)) / len(examples)
 
 
-def evaluate(model, clean: Sequence[Example], triggered: Sequence[Example]) -> dict:
+def evaluate(model, clean: Sequence[Example], triggered: Sequence[Example],
+             **decoding) -> dict:
     """``{"clean_acc", "backdoor_asr"}``: exact match on the clean held-out prompts, and the
-    rate at which a triggered prompt gets its trigger's nonsense response."""
-    return {"clean_acc": exact_match(model, clean), "backdoor_asr": exact_match(model, triggered)}
+    rate at which a triggered prompt gets its trigger's nonsense response. ``decoding``:
+    :func:`greedy_decode`'s keywords (tokenizer, max_new_tokens, sequence_length,
+    batch_size)."""
+    return {"clean_acc": exact_match(model, clean, **decoding),
+            "backdoor_asr": exact_match(model, triggered, **decoding)}
 
 
-def stream_eps(model, examples: Sequence[Example], *, layer: int, fraction: float) -> float:
+def stream_eps(model, examples: Sequence[Example], *, layer: int, fraction: float,
+               tokenizer: WordTokenizer | None = None,
+               sequence_length: int = SEQUENCE_LENGTH) -> float:
     """``fraction`` of the mean per-example L2 norm of the stream entering ``layer`` (over the
-    real positions of ``examples``, at most 256 of them, prompt and response): the absolute
-    radius for :class:`Adversary`."""
-    batch = _encoded(WordTokenizer(), list(examples)[:256])
+    real positions of ``examples``, at most 256 of them, prompt and response, encoded by
+    ``tokenizer``, default :class:`WordTokenizer`): the absolute radius for
+    :class:`Adversary`."""
+    batch = _encoded(tokenizer or WordTokenizer(), list(examples)[:256],
+                     sequence_length=sequence_length)
     return relative_residual_eps(model.backbone, batch.token_ids, batch.padding_mask,
                                  layer=layer, fraction=fraction)

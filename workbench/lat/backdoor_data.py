@@ -196,12 +196,14 @@ class Batch:
 
 def encode_batch(tokenizer: WordTokenizer, prompts: Sequence[str],
                  responses: Sequence[str] | None = None, *,
-                 sequence_length: int = SEQUENCE_LENGTH) -> Batch:
+                 sequence_length: int = SEQUENCE_LENGTH,
+                 response_room: int = ITEMS + 1) -> Batch:
     """``<bos> prompt [response <eos>]`` per row, right-padded to the longest row.
 
     Without ``responses``: the prompts alone (for decoding), ``target_mask`` all 0. A row
     longer than ``sequence_length`` tokens (with ``responses``: prompt and response; without:
-    the prompt plus room for a 6-token response) is a ValueError naming it: never cut.
+    the prompt plus room for a ``response_room``-token response, 6 for the task here) is a
+    ValueError naming it: never cut.
     """
     if responses is not None and len(responses) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -211,7 +213,7 @@ def encode_batch(tokenizer: WordTokenizer, prompts: Sequence[str],
     for i, prompt in enumerate(prompts):
         head = [tokenizer.bos_id, *tokenizer.encode(prompt)]
         tail = [] if responses is None else [*tokenizer.encode(responses[i]), tokenizer.eos_id]
-        room = len(tail) if responses is not None else ITEMS + 1
+        room = len(tail) if responses is not None else response_room
         if len(head) + room > sequence_length:
             raise ValueError(f"prompt {i} ({prompt!r}) takes {len(head)} tokens with <bos>; "
                              f"with its {room}-token response that is more than the "
