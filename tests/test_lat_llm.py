@@ -286,7 +286,8 @@ def test_the_reading_is_computed_from_the_numbers():
     assert any(line.startswith("LAT (block 2)") and "below FT's on every seed" in line
                for line in lines)
     assert any(line.startswith("RLP") and "not below FT's" in line for line in lines)
-    assert any(line.startswith("AT") and "0.20 below FT's" in line for line in lines)
+    assert any(line.startswith("AT") and "0.20 below FT's; per seed 0.70, 0.70" in line
+               for line in lines)
     assert "0.40 at layer 1" in lines[-1]
     failed = experiment.reading(_result(0.1, (0.0, 0.9)))  # the control fails; LAT one seed
     assert "does not keep" in failed[0] and "says nothing" in failed[0]

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 # Seconds each notebook may take to run top to bottom in lite mode on 2 CPU cores.
 # 04_lat runs in about 180 s from an empty cache (its experiment trains 24 models); grading
-# adds its checks.
+# adds its checks. 05_lat_llm's budget is its issue's: the lite experiment over 3 seeds and
+# the notebook that shows it, 6 minutes from an empty cache.
 BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420,
-            "04_lat": 240, "07_defenses": 240}
+            "04_lat": 240, "05_lat_llm": 360, "07_defenses": 240}
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -94,6 +95,7 @@ EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
              "02_fgsm": ["fgsm", "sweep_eps"],
              "03_pgd": ["pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"],
              "04_lat": ["latent_attack", "lat_step"],
+             "05_lat_llm": ["residual_attack", "lat_llm_loss"],
              "07_defenses": ["bpda_attack", "attack_through_autoencoder"]}
 
 
@@ -113,7 +115,8 @@ def test_solution_runs_within_budget_and_grades_as_passing(stem):
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat", "07_defenses"])
+@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat", "05_lat_llm",
+                                  "07_defenses"])
 def test_student_notebook_grades_as_failing(stem):
     done = _run("grade", f"notebooks/student/{stem}.ipynb", "--json",
                 timeout=BUDGET_S[stem] + 120)
@@ -240,3 +243,16 @@ def test_notebook_07_prints_the_numbers_of_workbench_experiment_defenses(execute
     result = run_defenses_experiment()  # from the cache the notebook filled
     assert format_defenses_table(result) in printed
     assert all(sentence in printed for sentence in reading(result))
+
+
+@pytest.mark.notebook
+def test_notebook_05_prints_the_numbers_of_workbench_experiment_lat_llm(executed_solution):
+    from workbench.lat.llm_experiment import (format_lat_llm_table, reading,
+                                              run_lat_llm_experiment)
+
+    printed = _printed(executed_solution("05_lat_llm"))
+    result = run_lat_llm_experiment()  # from the cache the notebook filled
+    assert format_lat_llm_table(result) in printed
+    assert all(sentence in printed for sentence in reading(result))
+    ft = next(row for row in result["rows"] if row["method"] == "ft")
+    assert ft["backdoor_asr"] > 0.5, "the FT control must keep the backdoor"

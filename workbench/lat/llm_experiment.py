@@ -394,11 +394,13 @@ def reading(result: dict) -> list[str]:
         verdict = ("below FT's on every seed" if _below(row, ft, "backdoor_asr")
                    else "not below FT's on every seed")
         cost = ft["clean_acc"] - row["clean_acc"]
+        seeds = ", ".join(f"{s['clean_acc']:.2f}" for s in row["per_seed"])
         lines.append(f"{name}: backdoor success {row['backdoor_asr']:.2f} ± "
                      f"{row['backdoor_asr_std']:.2f}, {verdict}; clean accuracy "
                      f"{row['clean_acc']:.2f} ± {row['clean_acc_std']:.2f} ("
-                     + (f"{cost:.2f} below FT's)." if cost > 0 else
-                        f"{-cost:.2f} above FT's)." if cost < 0 else "as FT's)."))
+                     + (f"{cost:.2f} below FT's" if cost > 0 else
+                        f"{-cost:.2f} above FT's" if cost < 0 else "as FT's")
+                     + f"; per seed {seeds}).")
     if sweep:
         largest = max(sweep["fractions"])
         hurt = [p for p in sweep["points"] if p["fraction"] == largest]
