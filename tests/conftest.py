@@ -121,3 +121,10 @@ def assert_named(results, expected_checks: set[str], mistakes: set[str], checks:
         assert not wrong, (r.check, r.message, wrong)
     assert {r.check for r in failed} == {checks[k] for k in expected_checks}, \
         [(r.check, r.message) for r in failed]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Browser tests run last: they drive notebooks whose models and experiments the notebook
+    tests have cached by then (notebook 05's panel comes after its experiment), so a browser
+    test measures the panel, not a second cold training run."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -184,6 +184,26 @@ def test_lat_panel_layer_slider_changes_the_perturbation_shown(lab_server, page)
     assert time.monotonic() - started < 240
 
 
+LAT_LLM_NOTEBOOK = "notebooks/solutions/05_lat_llm.ipynb"
+
+
+def test_lat_llm_sweep_panel_layer_slider_changes_the_point_shown(lab_server, page):
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        LAT_LLM_NOTEBOOK,
+        slider_description="layer",
+        run_until="sweep_panel(",  # after the experiment: from a cold cache it trains it
+        key="ArrowRight",
+        presses=1,
+        timeout_s=600,
+        screenshot_prefix="lat_llm_",
+    )
+    assert result.value_after != result.value_before
+    assert "backdoor success" in result.output_after
+    assert result.output_after != result.output_before
+
+
 SHIELDGEMMA_NOTEBOOK = "notebooks/solutions/01_shieldgemma.ipynb"
 
 

@@ -100,7 +100,7 @@ class SweepPanel:
     def _control_line(ft_lr) -> str:
         if not ft_lr:
             return ""
-        cells = ", ".join(f"lr {c['lr']:g}: backdoor {c['backdoor_asr']:.2f}, clean "
+        cells = "; ".join(f"lr {c['lr']:g}: backdoor {c['backdoor_asr']:.2f}, clean "
                           f"{c['clean_acc']:.2f}" for c in ft_lr)
         return f"<div style='font-size:12px'>the FT control (no perturbation): {cells}</div>"
 
