@@ -199,7 +199,9 @@ def _attack_case(seed: int, layer: int, *, eps: float = 1.5, steps: int = 3, bas
     return backbone, batch, options
 
 
-def _attack_probe(seed, layer):
+def _probe(seed, layer):
+    """A probe for :func:`~workbench.exercises.core.known_mistake`: both exercises take
+    ``(backbone, batch)`` and the same keywords."""
     backbone, batch, options = _attack_case(seed, layer)
 
     def probe():
@@ -207,7 +209,7 @@ def _attack_probe(seed, layer):
     return probe
 
 
-ATTACK_PROBES = (_attack_probe(40, 1), _attack_probe(41, 1))
+ATTACK_PROBES = (_probe(40, 1), _probe(41, 1))
 
 
 def diagnose_attack(residual_attack) -> str | None:
@@ -355,15 +357,7 @@ LOSS_MISTAKES = (
 )
 
 
-def _loss_probe(seed, layer):
-    backbone, batch, options = _attack_case(seed, layer)
-
-    def probe():
-        return (backbone, batch), options()
-    return probe
-
-
-LOSS_PROBES = (_loss_probe(50, 1), _loss_probe(51, 1))
+LOSS_PROBES = (_probe(50, 1), _probe(51, 1))
 
 
 def diagnose_loss(lat_llm_loss) -> str | None:
