@@ -52,6 +52,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "workbench.lat.llm_experiment.format_lat_llm_table",
                "notebook 05: a lite Llama with keyword backdoors fine-tuned by FT, RLP, AT "
                "and LAT: clean exact match, backdoor success, and the layer x radius sweep"),
+    Experiment("redteam", "workbench.redteam.experiment.run_redteam_experiment",
+               "workbench.redteam.experiment.format_redteam_table",
+               "notebook 06: a red LM against the lite chatbot, zero-shot vs few-shot failure "
+               "rate and diversity; fine-tuned on its failures: held-out offensive rate, benign "
+               "answers kept"),
     Experiment("defenses", "workbench.defense_experiment.run_defenses_experiment",
                "workbench.defense_experiment.format_defenses_table",
                "notebook 07: feature squeezing, distillation, reconstruction and PGD-AT under "
