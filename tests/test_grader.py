@@ -187,3 +187,22 @@ def test_a_folder_without_notebooks_and_a_missing_path_are_errors(tmp_path):
     assert done.returncode == 2 and "no notebooks" in done.stderr
     done = _workbench("grade", str(tmp_path / "missing"))
     assert done.returncode == 2 and "no notebook or folder" in done.stderr
+
+
+def test_keep_writes_each_executed_submission_with_its_outputs(tmp_path):
+    from submissions import CONTEXT, FGSM, SWEEP
+
+    from workbench.exercises.grader import grade_all
+
+    path = tmp_path / "class" / "02_fgsm.ipynb"
+    path.parent.mkdir()
+    nbformat.write(notebook(IMPORTS, CONTEXT, FGSM, SWEEP, "print('ran to the end')"), path)
+    done = _workbench("grade", str(path), "--keep", str(tmp_path / "kept"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = nbformat.read(tmp_path / "kept" / "02_fgsm.ipynb", 4)
+    assert "ran to the end" in kept.cells[-1].outputs[0]["text"]
+    twin = tmp_path / "other" / "02_fgsm.ipynb"
+    twin.parent.mkdir()
+    nbformat.write(notebook(IMPORTS), twin)
+    with pytest.raises(ValueError, match="several submissions are named"):
+        grade_all([path, twin], keep=tmp_path / "kept")

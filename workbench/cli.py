@@ -147,7 +147,8 @@ def grade(args) -> int:
     try:
         reports = grade_all(args.notebooks, jobs=args.jobs, cell_timeout=args.cell_timeout,
                             total_timeout=args.timeout, check_timeout=args.check_timeout,
-                            as_notebook=args.as_notebook, on_report=progress)
+                            as_notebook=args.as_notebook, on_report=progress,
+                            keep=Path(args.keep) if args.keep else None)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="grade every submission as this course notebook (e.g. 02_fgsm) "
                                 "when neither its metadata nor its name says")
             p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+            p.add_argument("--keep", metavar="FOLDER",
+                           help="also write each executed notebook, with its outputs, there")
         p.set_defaults(fn=fn)
     p = sub.add_parser("build", help="write student and solution notebooks")
     p.add_argument("--check", action="store_true", help="only report out-of-date notebooks")

@@ -237,11 +237,12 @@ def _report_for_unreadable(path: Path, err: Exception) -> GradeReport:
 
 def grade(notebook: str | Path, *, cell_timeout: float = CELL_TIMEOUT_S,
           total_timeout: float = TOTAL_TIMEOUT_S, check_timeout: float = CHECK_TIMEOUT_S,
-          as_notebook: str | None = None, pid_dir: Path | None = None) -> GradeReport:
+          as_notebook: str | None = None, pid_dir: Path | None = None,
+          keep: Path | None = None) -> GradeReport:
     """Run one notebook in lite mode and check its exercises; see the module docstring.
 
     ``as_notebook``: the course notebook it is ("02_fgsm"), when neither its metadata nor its
-    name says. FileNotFoundError when there is no file; an empty file, a file that is not a
+    name says. ``keep``: also write the executed notebook, with its outputs, there. FileNotFoundError when there is no file; an empty file, a file that is not a
     notebook, or one of no course notebook gives a report saying so.
     """
     from workbench.exercises.kernel import KernelSession, KernelStopped
@@ -266,6 +267,10 @@ def grade(notebook: str | Path, *, cell_timeout: float = CELL_TIMEOUT_S,
             return GradeReport(str(path), False, str(err), status="crashed")
         try:
             run = session.execute(source, cell_timeout=cell_timeout, total_timeout=total_timeout)
+            if keep is not None:
+                import nbformat
+
+                nbformat.write(source, keep)
             report = GradeReport(str(path), run.ok, run.message)
             for exercise in exercises:
                 report.results += _check_exercise(session, exercise, run, check_timeout)
@@ -403,10 +408,12 @@ class _Child:
 
 def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
               total_timeout: float = TOTAL_TIMEOUT_S, check_timeout: float = CHECK_TIMEOUT_S,
-              as_notebook: str | None = None,
+              as_notebook: str | None = None, keep: Path | None = None,
               on_report: Callable[[GradeReport], None] | None = None) -> list[GradeReport]:
     """Grade every submission in ``paths`` (files and folders, see :func:`submissions`), each
     in a child process of its own, at most ``jobs`` at a time; reports in submission order.
+    ``keep``: a folder to write each executed submission to, with its outputs, under its own
+    file name (ValueError when two submissions share one).
 
     A child that crashes or runs past its limit gives a report saying so, and the others are
     still graded. Ctrl-C or SIGTERM stops every child and kernel, removes the temporary files
@@ -416,6 +423,7 @@ def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
     if int(jobs) < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     files = submissions(paths)
+    kept = _kept_paths(files, keep)
     limit = _child_limit(total_timeout, check_timeout)
     reports: dict[int, GradeReport] = {}
     running: dict[int, _Child] = {}
@@ -431,7 +439,7 @@ def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
                 running[index] = _Child(
                     [sys.executable, "-P", "-m", "workbench.exercises.grader", "one",
                      str(path.resolve()), str(cell_timeout), str(total_timeout),
-                     str(check_timeout), as_notebook or "", str(pid_dir)], cwd=tmp)
+                     str(check_timeout), as_notebook or "", str(pid_dir), kept[index]], cwd=tmp)
             for index, child in list(running.items()):
                 timed_out = time.monotonic() - child.started > limit
                 if child.proc.poll() is None and not timed_out:
@@ -450,6 +458,20 @@ def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
         _kill_kernels(pid_dir)
         shutil.rmtree(tmp, ignore_errors=True)
     return [reports[i] for i in range(len(files))]
+
+
+def _kept_paths(files: list[Path], keep: Path | None) -> list[str]:
+    """Where each submission's executed copy goes ("" for nowhere), checked up front."""
+    if keep is None:
+        return [""] * len(files)
+    names = [f.name for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--keep writes each executed notebook under its file name, and "
+                         f"several submissions are named {twice}: grade them separately")
+    keep = Path(keep)
+    keep.mkdir(parents=True, exist_ok=True)
+    return [str((keep / name).resolve()) for name in names]
 
 
 def _raise_interrupt(signum, frame):
@@ -483,12 +505,12 @@ def write_gradebook(reports: list[GradeReport], folder: Path) -> tuple[Path, Pat
 
 
 def _grade_one(path: str, cell_timeout: str, total_timeout: str, check_timeout: str,
-               as_notebook: str, pid_dir: str) -> None:
+               as_notebook: str, pid_dir: str, keep: str = "") -> None:
     """Child entry point of :func:`grade_all`: grade one submission, print its report."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = grade(path, cell_timeout=float(cell_timeout), total_timeout=float(total_timeout),
                    check_timeout=float(check_timeout), as_notebook=as_notebook or None,
-                   pid_dir=Path(pid_dir))
+                   pid_dir=Path(pid_dir), keep=Path(keep) if keep else None)
     sys.stdout.write(json.dumps(report.as_dict()))
 
 
