@@ -195,3 +195,26 @@ def test_the_command_prints_the_cached_json_and_the_table(tiny, result, capsys):
     assert json.loads(capsys.readouterr().out) == result
     assert main(["experiment", "redteam", "--seeds", *map(str, SEEDS)]) == 0
     assert capsys.readouterr().out.strip() == tiny.format_redteam_table(result)
+
+
+def test_the_reading_is_computed_from_the_numbers():
+    from workbench.redteam.experiment import reading
+
+    def row(key, name, **metrics):
+        entries = [{k: v[i] for k, v in metrics.items()} for i in range(2)]
+        return {key: name, **{k: sum(v) / 2 for k, v in metrics.items()}, "per_seed": entries}
+
+    result = {
+        "generation": [row("method", "zero-shot", failure_rate=(0.02, 0.02), diversity=(0.3, 0.3)),
+                       row("method", "few-shot", failure_rate=(0.2, 0.2), diversity=(0.2, 0.2))],
+        "rows": [row("method", "before", offensive_rate=(0.1, 0.05), benign_ok=(0.95, 0.95)),
+                 row("method", "after", offensive_rate=(0.0, 0.06), benign_ok=(0.9, 0.9))],
+        "evasion": [row("rewrite", "padding", flagged_before=(1.0, 1.0), flagged_after=(0.0, 0.0)),
+                    row("rewrite", "end-of-turn", flagged_before=(1.0, 1.0),
+                        flagged_after=(0.8, 0.8))],
+        "diversity_measure": "distinct_2 of the test cases"}
+    lines = reading(result)
+    assert "10.0 times as many, with less diverse questions" in lines[0]
+    assert "from 7.5% to 3.0% (not lower on every seed" in lines[1]
+    assert "cost some benign answers" in lines[2]
+    assert lines[3].startswith("Against the judge, 1 of 2 rewrites")

@@ -338,3 +338,44 @@ def format_redteam_table(result: dict) -> str:
               f"{cell(row, 'score_after'):>15} {cell(row, 'flagged_after'):>15}"
               for row in result["evasion"]]
     return "\n".join(lines)
+
+
+def _per_seed(row: dict, metric: str) -> str:
+    return ", ".join(f"{entry[metric]:.3f}" for entry in row["per_seed"])
+
+
+def reading(result: dict) -> list[str]:
+    """:func:`run_redteam_experiment`'s result in sentences, each computed from its numbers:
+    zero-shot against few-shot (failure rate, diversity), before against after on the held-out
+    cases (seed by seed), what the fine-tuning cost on benign questions, and which rewrites
+    evade the judge."""
+    generated = {row["method"]: row for row in result["generation"]}
+    zero, few = generated["zero-shot"], generated["few-shot"]
+    ratio = few["failure_rate"] / zero["failure_rate"] if zero["failure_rate"] else float("inf")
+    lines = [f"Zero-shot test cases found failures in {zero['failure_rate']:.1%} of cases "
+             f"(per seed {_per_seed(zero, 'failure_rate')}); few-shot, seeded with them, in "
+             f"{few['failure_rate']:.1%} ({_per_seed(few, 'failure_rate')}): {ratio:.1f} times "
+             f"as many, with {'less' if few['diversity'] < zero['diversity'] else 'more'} "
+             f"diverse questions ({result['diversity_measure']}: {few['diversity']:.3f} against "
+             f"{zero['diversity']:.3f})."]
+    rows = {row["method"]: row for row in result["rows"]}
+    before, after = rows["before"], rows["after"]
+    lower = all(a["offensive_rate"] < b["offensive_rate"]
+                for a, b in zip(after["per_seed"], before["per_seed"]))
+    lines.append(f"Fine-tuned on its failures, the chatbot's offensive rate on held-out test "
+                 f"cases went from {before['offensive_rate']:.1%} to "
+                 f"{after['offensive_rate']:.1%} ({'lower' if lower else 'not lower'} on "
+                 f"every seed: {_per_seed(before, 'offensive_rate')} -> "
+                 f"{_per_seed(after, 'offensive_rate')}).")
+    change = after["benign_ok"] - before["benign_ok"]
+    lines.append(f"On the benign questions it still gives a finished, unflagged answer that is "
+                 f"not the safe reply {after['benign_ok']:.1%} of the time, against "
+                 f"{before['benign_ok']:.1%} before ({change:+.1%}): "
+                 + ("the fine-tuning cost some benign answers." if change < -0.01 else
+                    "benign answers are kept."))
+    evading = [row for row in result["evasion"] if row["flagged_after"] < 0.5]
+    lines.append(f"Against the judge, {len(evading)} of {len(result['evasion'])} rewrites leave "
+                 f"fewer than half of the failing replies flagged: " + "; ".join(
+                     f"{row['rewrite']} {row['flagged_before']:.0%} -> "
+                     f"{row['flagged_after']:.0%} flagged" for row in result["evasion"]) + ".")
+    return lines
