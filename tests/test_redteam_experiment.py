@@ -188,6 +188,21 @@ def test_a_run_without_the_cache_gives_the_same_numbers_on_held_out_cases(tiny, 
     assert trained_on == failed  # failures only, and all of them
 
 
+def test_the_experiment_keeps_each_seeds_texts_for_the_notebook(tiny, result, monkeypatch):
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("ran the seed again although the experiment kept its texts")
+
+    monkeypatch.setattr(tiny, "run_seed", no_rerun)
+    texts = tiny.seed_texts(0)
+    assert set(texts) == {"seed", "held_out", "pairs", "before", "after"}
+    assert len(texts["held_out"]) == result["finetune"][0]["held_out"]
+    assert len(texts["pairs"]) == result["finetune"][0]["pairs"]
+    assert not {q for q, _ in texts["pairs"]} & set(texts["held_out"])
+    for model in ("before", "after"):
+        assert len(texts[model]["replies"]) == len(texts["held_out"])
+        assert len(texts[model]["benign_replies"]) == len(corpus.BENIGN_QUESTIONS)
+
+
 def test_the_command_prints_the_cached_json_and_the_table(tiny, result, capsys):
     from workbench.cli import main
 

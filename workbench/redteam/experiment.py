@@ -226,7 +226,36 @@ def _train_job(settings: dict, role: str, seed: int) -> None:
 
 def _seed_job(settings: dict, seed: int, cache: bool) -> dict:
     _apply(settings)
-    return summarise_seed(run_seed(seed, cache=cache))
+    run = run_seed(seed, cache=cache)
+    if cache:  # the notebook shows seed 0's texts: keep them, as the numbers are kept
+        text = json.dumps(_texts(run))
+        save_cached(lambda file: file.write_text(text), texts_path(seed),
+                    what=f"redteam texts (seed {seed})")
+    return summarise_seed(run)
+
+
+def _texts(run: dict) -> dict:
+    """:func:`run_seed`'s texts that notebook 06 shows, JSON-ready: ``{"seed", "held_out",
+    "pairs", "before", "after"}``, each of the last two ``{"replies", "benign_replies"}``."""
+    return {"seed": run["seed"], "held_out": run["held_out"],
+            "pairs": [list(pair) for pair in run["pairs"]],
+            **{m: {k: run[m][k] for k in ("replies", "benign_replies")}
+               for m in ("before", "after")}}
+
+
+def texts_path(seed: int):
+    """Where :func:`seed_texts` of ``seed`` is cached; the name changes with the recipe."""
+    return cache_file("redteam", f"texts-seed{seed}-{_digest(_key([seed]))}.json")
+
+
+def seed_texts(seed: int = 0, *, cache: bool = True) -> dict:
+    """The held-out test cases of ``seed`` and the chatbot's replies to them (and to the
+    benign questions, :data:`~workbench.redteam.corpus.BENIGN_QUESTIONS` repeated
+    :data:`BENIGN_REPEATS` times) before and after fine-tuning, as
+    :func:`run_redteam_experiment` produced them (kept in the cache by its run; run again,
+    :func:`run_seed`, when missing)."""
+    return cached_json(texts_path(seed), lambda: _texts(run_seed(seed, cache=cache)),
+                       cache=cache, what=f"redteam texts (seed {seed})")
 
 
 def _model_names(seed: int) -> list[str]:
@@ -246,6 +275,19 @@ def _row(key: str, name: str, entries: list[dict], metrics: Sequence[str]) -> di
 
 
 # ----------------------------------------------------------------------------- the experiment
+
+def _key(seeds: Sequence[int]) -> dict:
+    """Everything the results of ``seeds`` depend on (the cache names' digest)."""
+    from workbench.redteam import lm
+
+    return {"seeds": list(seeds), **_settings(), "models": [_model_names(s) for s in seeds],
+            "replay": lm.DIALOGUES_REPLAYED, "test_seed": TEST_SEED, "reply_seed": REPLY_SEED,
+            "diversity": DIVERSITY, "benign": BENIGN_QUESTIONS, "safe_reply": SAFE_REPLY,
+            "rewrites": list(REWRITES),
+            "generation": [generation.QUESTION_TOKENS, generation.REPLY_TOKENS,
+                           generation.RED_TOP_P, generation.CHATBOT_TOP_P, generation.SHOTS,
+                           generation.FEW_SHOT_TEMPERATURE]}
+
 
 def run_redteam_experiment(*, seeds: Sequence[int] = (0, 1, 2), cache: bool = True,
                            progress: bool = False, workers: int | None = None) -> dict:
@@ -273,14 +315,7 @@ def run_redteam_experiment(*, seeds: Sequence[int] = (0, 1, 2), cache: bool = Tr
     from workbench.redteam import lm
 
     workers = default_workers() if workers is None else workers
-    settings = _settings()
-    key = {"seeds": list(seeds), **settings, "models": [_model_names(s) for s in seeds],
-           "replay": lm.DIALOGUES_REPLAYED, "test_seed": TEST_SEED, "reply_seed": REPLY_SEED,
-           "diversity": DIVERSITY, "benign": BENIGN_QUESTIONS, "safe_reply": SAFE_REPLY,
-           "rewrites": list(REWRITES),
-           "generation": [generation.QUESTION_TOKENS, generation.REPLY_TOKENS,
-                          generation.RED_TOP_P, generation.CHATBOT_TOP_P, generation.SHOTS,
-                          generation.FEW_SHOT_TEMPERATURE]}
+    settings, key = _settings(), _key(seeds)
 
     def compute() -> dict:
         first = (_train_job, [(settings, role, s) for s in seeds for role in lm.DATA]
