@@ -40,7 +40,8 @@ def graded_class(tmp_path_factory):
     # 30 s per check: the lite-model check of a correct answer must not time out on a loaded
     # 2-core machine, and the hanging submission costs one such limit.
     done = _workbench("grade", str(folder), "--jobs", "2", "--check-timeout", str(CHECK_S),
-                      "--gradebook", str(root / "out"), "--json", env=env)
+                      "--gradebook", str(root / "out"), "--json", "--keep", str(root / "kept"),
+                      env=env)
     return folder, root / "out", json.loads(done.stdout), done, before, tmp
 
 
@@ -87,6 +88,17 @@ def test_each_failure_says_why(graded_class):
     assert any("clamp" in m for m in _messages(reports, "wrong.ipynb", "fgsm"))
     assert any("percent" in m for m in _messages(reports, "wrong.ipynb", "sweep_eps"))
     assert all("kernel" in m for m in _messages(reports, "forges_in_default.ipynb", "fgsm"))
+
+
+@pytest.mark.notebook
+def test_keep_wrote_each_executed_submission_with_its_outputs(graded_class):
+    folder, out, _, _, _, _ = graded_class
+    kept = folder.parent / "kept"
+    executed = nbformat.read(kept / "correct.ipynb", 4)
+    assert [c.execution_count for c in executed.cells] == [1, 2, 3, 4]  # every cell ran
+    graded = {name for name, (status, _) in EXPECTED.items() if status == "graded"}
+    assert {p.name for p in kept.glob("*.ipynb")} == graded  # nothing to run in the others
+    assert not (folder / "correct.ipynb").read_text() == (kept / "correct.ipynb").read_text()
 
 
 @pytest.mark.notebook
@@ -189,20 +201,13 @@ def test_a_folder_without_notebooks_and_a_missing_path_are_errors(tmp_path):
     assert done.returncode == 2 and "no notebook or folder" in done.stderr
 
 
-def test_keep_writes_each_executed_submission_with_its_outputs(tmp_path):
-    from submissions import CONTEXT, FGSM, SWEEP
 
+def test_keep_refuses_two_submissions_of_the_same_name(tmp_path):
     from workbench.exercises.grader import grade_all
 
-    path = tmp_path / "class" / "02_fgsm.ipynb"
-    path.parent.mkdir()
-    nbformat.write(notebook(IMPORTS, CONTEXT, FGSM, SWEEP, "print('ran to the end')"), path)
-    done = _workbench("grade", str(path), "--keep", str(tmp_path / "kept"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    kept = nbformat.read(tmp_path / "kept" / "02_fgsm.ipynb", 4)
-    assert "ran to the end" in kept.cells[-1].outputs[0]["text"]
-    twin = tmp_path / "other" / "02_fgsm.ipynb"
-    twin.parent.mkdir()
-    nbformat.write(notebook(IMPORTS), twin)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        nbformat.write(notebook(IMPORTS), tmp_path / folder / "02_fgsm.ipynb")
     with pytest.raises(ValueError, match="several submissions are named"):
-        grade_all([path, twin], keep=tmp_path / "kept")
+        grade_all([tmp_path / "a" / "02_fgsm.ipynb", tmp_path / "b" / "02_fgsm.ipynb"],
+                  keep=tmp_path / "kept")

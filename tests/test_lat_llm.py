@@ -319,10 +319,11 @@ def test_the_command_prints_the_table_and_the_json(quick, capsys):
     assert "backdoor ASR" in capsys.readouterr().out
 
 
-def test_plain_fine_tuning_keeps_the_backdoor(monkeypatch, tmp_path, backdoor):
+def test_plain_fine_tuning_keeps_the_backdoor(backdoor):
     """The control, on the experiment's own seed-0 base and phase 2 (its learning rate and
-    steps; measured on part of the test split): clean fine-tuning leaves the backdoor in."""
-    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    steps; measured on part of the test split): clean fine-tuning leaves the backdoor in.
+    The models are the ones notebook 05 shows, from the run's cache (trained here when it
+    has none)."""
     splits = experiment.splits()
     clean, triggered = splits.test[:100], splits.test_triggered[:200]
     base = backdoor.evaluate(experiment.base_model(0), clean, triggered)
