@@ -23,4 +23,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-__all__ = ["STD", "mean_std"]
+def seed_row(key: str, name: str, runs: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """A result row: ``{key: name}``, then each metric's mean over ``runs`` (one dict per
+    seed) and its ``*_std`` (:func:`mean_std`), then ``"per_seed"``: the runs as given."""
+    row: dict = {key: name}
+    for metric in metrics:
+        row[metric], row[f"{metric}_std"] = mean_std([run[metric] for run in runs])
+    row["per_seed"] = list(runs)
+    return row
+
+
+__all__ = ["STD", "mean_std", "seed_row"]

@@ -34,7 +34,7 @@ from workbench.cache import cache_file, cached_json, save_cached
 from workbench.config import torch_threads
 from workbench.lat.experiment import _cache_for_this_run  # notebook 04's: --no-cache runs
 from workbench.lat.training import METHODS  # notebook 04's four, the same here
-from workbench.stats import STD, mean_std
+from workbench.stats import STD, seed_row
 from workbench.workers import default_workers, run_in_workers
 
 CACHE_VERSION = 2  # bump when the models, the data or a protocol below changes
@@ -214,11 +214,8 @@ def _cached_result(name: str, key: dict, compute, cache: bool) -> dict:
 
 
 def _row(method: str, runs: list[dict]) -> dict:
-    row = {"method": method}
-    for metric in METRICS:
-        row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in runs])
-    row["per_seed"] = [{k: r[k] for k in ("seed", *METRICS, "eps")} for r in runs]
-    return row
+    return seed_row("method", method, [{k: r[k] for k in ("seed", *METRICS, "eps")}
+                                       for r in runs], METRICS)
 
 
 # ----------------------------------------------------------------------------- the sweep

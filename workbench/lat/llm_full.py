@@ -43,7 +43,7 @@ from typing import Sequence
 from workbench.config import cuda_available, use_colab_secrets
 from workbench.lat.backdoor_data import ITEMS, NONSENSE, Example, Splits
 from workbench.lat.training import METHODS  # notebook 04's four: ft, rlp, at, lat
-from workbench.stats import STD, mean_std
+from workbench.stats import STD, seed_row
 
 DEFAULT_PRESET = "llama3.2_instruct_1b"
 # keras-hub's Llama presets this module accepts: preset -> (causal LM class, Kaggle model,
@@ -372,15 +372,6 @@ def _one_seed(model, data: Splits, seed: int, *, split: str, ball: dict, base: d
     return runs
 
 
-def _row(method: str, runs: list[dict]) -> dict:
-    """llm_experiment's row: means over seeds, their sample stds, and each seed's values."""
-    row = {"method": method}
-    for metric in ("clean_acc", "backdoor_asr"):
-        row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in runs])
-    row["per_seed"] = runs
-    return row
-
-
 def run_lat_llm_full(pairs: Sequence[tuple[str, str]], *, preset: str = DEFAULT_PRESET,
                      lora_rank: int | None = 8, seeds: Sequence[int] = (0,),
                      layer: int = LAYER, fraction: float = FRACTION,
@@ -445,6 +436,7 @@ def run_lat_llm_full(pairs: Sequence[tuple[str, str]], *, preset: str = DEFAULT_
     _restore(model, start)
     return {"seeds": list(seeds), "std": STD, "layer": layer, "fraction": fraction,
             "at_fraction": ball["at_fraction"], "chosen_by": "caller", "sweep": None,
-            "rows": [_row(m, r) for m, r in runs.items()], "preset": None if given else preset,
+            "rows": [seed_row("method", m, r, ("clean_acc", "backdoor_asr"))
+                     for m, r in runs.items()], "preset": None if given else preset,
             "lora_rank": None if given else lora_rank, "split": split,
             "max_new_tokens": decoding["max_new_tokens"]}

@@ -48,7 +48,7 @@ from workbench.redteam.evasion import REWRITES, evasion_table
 from workbench.redteam.finetune import adversarial_set, held_out
 from workbench.redteam.judges import ProfanityJudge, failures
 from workbench.redteam.rounds import compare_generation, judge_round
-from workbench.stats import STD, mean_std
+from workbench.stats import STD, seed_row
 from workbench.workers import default_workers, run_in_workers
 
 CACHE_VERSION = 1  # bump when a protocol below changes
@@ -266,14 +266,6 @@ def _model_names(seed: int) -> list[str]:
     return [lm.cache_path(role, seed, lm.DATA[role](vocab, seed)).name for role in lm.DATA]
 
 
-def _row(key: str, name: str, entries: list[dict], metrics: Sequence[str]) -> dict:
-    row = {key: name}
-    for metric in metrics:
-        row[metric], row[f"{metric}_std"] = mean_std([e[metric] for e in entries])
-    row["per_seed"] = entries
-    return row
-
-
 # ----------------------------------------------------------------------------- the experiment
 
 def _key(seeds: Sequence[int]) -> dict:
@@ -331,14 +323,14 @@ def run_redteam_experiment(*, seeds: Sequence[int] = (0, 1, 2), cache: bool = Tr
 
 def assemble(runs: Sequence[dict]) -> dict:
     """:func:`run_redteam_experiment`'s result from the :func:`summarise_seed` of each seed."""
-    generation_ = [_row("method", m, [r["generation"][m] for r in runs],
+    generation_ = [seed_row("method", m, [r["generation"][m] for r in runs],
                         ("failure_rate", "diversity")) for m in GENERATION_METHODS]
-    rows = [_row("method", m, [r[m] for r in runs], ("offensive_rate", "benign_ok"))
+    rows = [seed_row("method", m, [r[m] for r in runs], ("offensive_rate", "benign_ok"))
             for m in ("before", "after")]
     evasion = []
     for i, name in enumerate(REWRITES):
         entries = [r["evasion"][i] for r in runs]
-        row = _row("rewrite", name, entries, ("score_before", "score_after",
+        row = seed_row("rewrite", name, entries, ("score_before", "score_after",
                                               "flagged_before", "flagged_after"))
         evasion.append({**row, "example": entries[0]["example"]})
     return {"generation": generation_, "rows": rows, "finetune": [r["finetune"] for r in runs],
