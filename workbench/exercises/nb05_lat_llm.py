@@ -201,10 +201,10 @@ def _attack_case(seed: int, layer: int, *, eps: float = 1.5, steps: int = 3, bas
 
 def _probe(seed, layer):
     """A probe for :func:`~workbench.exercises.core.known_mistake`: both exercises take
-    ``(backbone, batch)`` and the same keywords."""
-    backbone, batch, options = _attack_case(seed, layer)
-
+    ``(backbone, batch)`` and the same keywords. The case is built when the probe runs, not
+    when this module is imported: grading notebook 02 must not build a keras-hub model."""
     def probe():
+        backbone, batch, options = _attack_case(seed, layer)
         return (backbone, batch), options()
     return probe
 
@@ -306,11 +306,11 @@ def reference_lat_llm_loss(backbone, batch, *, layer, eps, steps, generator=None
 def _wrong_loss(*, loss=_response_loss, attack_loss=None, perturbation="lat", layer_shift=0):
     """lat_llm_loss with known mistakes: a loss over every token, unshifted or summed; no
     perturbation (FT); a random one (RLP); the stream of another layer."""
-    from workbench.lat.residual import random_residual, residual_pgd
-
     attack_loss = attack_loss or loss
 
     def lat_llm_loss(backbone, batch, *, layer, eps, steps, generator=None):
+        from workbench.lat.residual import random_residual, residual_pgd
+
         at = _shifted(backbone, layer, layer_shift)
         h = _stream(backbone, batch, at)
         if perturbation == "lat":
