@@ -211,3 +211,19 @@ def test_keep_refuses_two_submissions_of_the_same_name(tmp_path):
     with pytest.raises(ValueError, match="several submissions are named"):
         grade_all([tmp_path / "a" / "02_fgsm.ipynb", tmp_path / "b" / "02_fgsm.ipynb"],
                   keep=tmp_path / "kept")
+
+
+def test_the_command_grades_with_the_graders_own_time_limits(tmp_path, monkeypatch):
+    import workbench.exercises.grader as grader
+    from workbench.cli import main
+    from workbench.exercises.core import CHECK_TIMEOUT_S
+
+    calls = []
+    monkeypatch.setattr(grader, "grade_all", lambda paths, **kwargs: calls.append(kwargs) or [])
+    main(["grade", str(tmp_path)])
+    assert (calls[0]["cell_timeout"], calls[0]["total_timeout"], calls[0]["check_timeout"]) == (
+        grader.CELL_TIMEOUT_S, grader.TOTAL_TIMEOUT_S, CHECK_TIMEOUT_S)
+    # A notebook inside its budget is never cut short by the per-cell limit.
+    from test_notebooks import BUDGET_S
+
+    assert grader.CELL_TIMEOUT_S > max(BUDGET_S.values())

@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--quiet", action="store_true", help="no progress bar")
         else:
             p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK_OR_FOLDER")
-        p.add_argument("--cell-timeout", type=_seconds, default=300, help="seconds per cell")
+        p.add_argument("--cell-timeout", type=_seconds, default=600,  # grader.CELL_TIMEOUT_S
+                       help="seconds per cell")
         p.add_argument("--timeout", type=_seconds, default=1200,
                        help="seconds for the notebook to run")
         if name == "grade":
