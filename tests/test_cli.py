@@ -278,7 +278,8 @@ def test_the_advprop_experiment_reports_the_sample_std(monkeypatch):
         "seed": seed, "clean_acc": 1.0 - PER_SEED[seed] / 10, "robust_acc": PER_SEED[seed],
         "pgd10_acc": PER_SEED[seed] + 0.05, "robust_attack": "worst case",
         "fgsm_curve": [0.5] * len(curve), "pgd_curve": [0.4] * len(curve)})
-    result = experiments.run_advprop_experiment(seeds=tuple(PER_SEED))
+    # In this process (the fakes do not reach workers) and not cached (nor read from a cache).
+    result = experiments.run_advprop_experiment(seeds=tuple(PER_SEED), workers=1, cache=False)
     assert result["std"] == STD
     for row in result["rows"]:
         assert (row["robust_acc"], row["robust_acc_std"]) == mean_std(list(PER_SEED.values()))

@@ -410,6 +410,26 @@ def test_cli_prints_the_same_json_from_the_cache(experiment):
     assert json.loads(out.stdout) == json.loads(json.dumps(result))
 
 
+def test_a_model_evaluated_here_gives_the_numbers_the_workers_gave(experiment, monkeypatch):
+    """The fixture's experiment ran its jobs in two worker processes; the same job in this
+    process (weights from the cache, evaluation again) gives the same per-seed numbers."""
+    result, folder = experiment
+    monkeypatch.setenv("WORKBENCH_CACHE", str(folder))
+    run = experiments._model_job("advprop", 1, experiments.EPOCHS, result["eps"],
+                                 experiments.CURVE_EPS, True)
+    (row,) = [r for r in result["rows"] if r["method"] == "advprop"]
+    assert {k: run[k] for k in row["per_seed"][1]} == row["per_seed"][1]
+
+
+def test_a_second_run_reads_the_result_and_evaluates_nothing(experiment, monkeypatch):
+    result, folder = experiment
+    monkeypatch.setenv("WORKBENCH_CACHE", str(folder))
+    monkeypatch.setattr(experiments, "run_in_workers", fail_training)
+    assert run_advprop_experiment() == json.loads(json.dumps(result))
+    with pytest.raises(AssertionError, match="trained although"):
+        run_advprop_experiment(cache=False)  # computes afresh, never reads the result
+
+
 def test_cli_table(experiment, monkeypatch, capsys):
     result, _ = experiment
     monkeypatch.setattr(experiments, "run_advprop_experiment", lambda **kwargs: result)

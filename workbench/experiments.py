@@ -2,7 +2,9 @@
 ``workbench experiment advprop`` prints.
 
 Trained weights are cached under ``cache_dir() / "digits"``, one file per method, seed and set
-of hyper-parameters, so a second call only evaluates. Everything runs on one intra-op torch
+of hyper-parameters, and so is the experiment's result, so a second call reads it. The models
+train and are evaluated in worker processes (:mod:`workbench.workers`), one job per method and
+seed. Everything runs on one intra-op torch
 thread (the caller's setting is restored afterwards): floating-point sums then come out the
 same whatever thread count the notebook kernel, the command line or the tests use, so all
 three print the same numbers; for these tiny batches one thread is also the fastest on a
@@ -17,9 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
-from workbench.cache import cache_file, load_state, save_state
+from workbench.cache import cache_file, cached_json, load_state, save_state
 from workbench.config import torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
@@ -27,10 +27,12 @@ from workbench.defenses.worst_case import evaluate_robustness
 from workbench.defenses.models import digits_cnn
 from workbench.defenses.training import BATCH_SIZE, EPOCHS, EPS, LR, METHODS, STEPS, train
 from workbench.stats import STD, mean_std
+from workbench.workers import default_workers, run_in_workers
 
 # Bump when digits_cnn, the training loop or the data split changes: old cache files are
 # then ignored instead of loaded into a model they no longer describe.
 CACHE_VERSION = 1
+RESULTS_VERSION = 1  # bump when the evaluation (_evaluate, _summarise) changes
 HYPERPARAMS = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "eps": EPS, "alpha": None,
                "steps": STEPS}
 ATTACK_KEYS = ("eps", "alpha", "steps")  # the training attack's settings, unused by "standard"
@@ -128,9 +130,20 @@ def _summarise(method: str, runs: list[dict], epsilons: Sequence[float]) -> dict
             "pgd_curve": [statistics.fmean(c) for c in zip(*(r["pgd_curve"] for r in runs))]}
 
 
+def _model_job(method: str, seed: int, epochs: int, eps: float, epsilons: tuple,
+               cache: bool) -> dict:
+    """One method and seed: train (or load) the model and evaluate it on the test split (a
+    worker's job, on one torch thread)."""
+    _, _, x_test, y_test = load_digits_split()
+    with torch_threads(1):
+        model = train_or_load(method, seed, cache=cache, epochs=epochs, eps=eps)
+        return _evaluate(model, x_test, y_test, eps=eps, epsilons=epsilons, seed=seed)
+
+
 def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EPOCHS,
                            eps: float = EPS, epsilons: Sequence[float] = CURVE_EPS,
-                           cache: bool = True, progress: bool = False) -> dict:
+                           cache: bool = True, progress: bool = False,
+                           workers: int | None = None) -> dict:
     """Standard vs AdvProp vs PGD-AT on the digits: train (or load) each method per seed,
     evaluate on the held-out split of ``load_digits_split()`` (450 images).
 
@@ -140,8 +153,12 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
             and PGD-AT, and the budget of ``robust_acc`` (worst case per example over PGD-10,
             APGD-CE-100 and APGD-DLR-100) and of ``pgd10_acc`` (PGD-10 alone).
         epsilons: the budgets of the FGSM and PGD-10 robustness curves.
-        cache: load and store trained weights (see :func:`train_or_load`).
-        progress: progress bars over the models and their training.
+        cache: load and store trained weights (see :func:`train_or_load`) and the result
+            (``cache_dir() / "digits" / "advprop-<hash>.json"``); False: train and evaluate
+            afresh, write nothing.
+        progress: a progress bar over the models.
+        workers: processes to train and evaluate in (default
+            :func:`~workbench.workers.default_workers`); the numbers do not depend on it.
 
     Returns:
         ``{"eps", "seeds", "std", "robust_attack", "rows"}``, ``robust_attack`` saying which
@@ -152,18 +169,23 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
         ``pgd10_acc``), ``curve_eps`` and the mean ``fgsm_curve`` and ``pgd_curve`` (PGD-10
         accuracy at each eps of ``curve_eps``).
     """
-    _, _, x_test, y_test = load_digits_split()
-    runs = {method: [] for method in METHODS}
-    jobs = [(method, seed) for method in METHODS for seed in seeds]
-    with torch_threads(1):
-        for method, seed in tqdm(jobs, desc="models", disable=not progress):
-            model = train_or_load(method, seed, cache=cache, progress=progress, epochs=epochs,
-                                  eps=eps)
-            runs[method].append(_evaluate(model, x_test, y_test, eps=eps, epsilons=epsilons,
-                                          seed=seed))
-    return {"eps": eps, "seeds": list(seeds), "std": STD,
-            "robust_attack": runs[METHODS[0]][0]["robust_attack"],
-            "rows": [_summarise(method, runs[method], epsilons) for method in METHODS]}
+    seeds, epsilons = list(seeds), tuple(epsilons)
+    jobs = [(method, seed, epochs, eps, epsilons, cache) for method in METHODS for seed in seeds]
+
+    def compute() -> dict:
+        evaluated = run_in_workers(_model_job, jobs, desc="models", progress=progress,
+                                   workers=default_workers() if workers is None else workers)
+        runs = {method: [run for job, run in zip(jobs, evaluated) if job[0] == method]
+                for method in METHODS}
+        return {"eps": eps, "seeds": seeds, "std": STD,
+                "robust_attack": runs[METHODS[0]][0]["robust_attack"],
+                "rows": [_summarise(method, runs[method], epsilons) for method in METHODS]}
+
+    key = {"version": CACHE_VERSION, "results": RESULTS_VERSION, "seeds": seeds,
+           "epochs": epochs, "eps": eps, "epsilons": list(epsilons)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cached_json(cache_file("digits", f"advprop-{digest}.json"), compute, cache=cache,
+                       what="advprop experiment results")
 
 
 def format_table(result: dict) -> str:
