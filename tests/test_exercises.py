@@ -274,8 +274,6 @@ def test_check_prints_a_summary(capsys):
     assert "8/8 checks passed" in out and "FAIL" in out and "clamp" in out
 
 
-
-
 def test_importing_the_checks_builds_no_model_and_imports_no_keras():
     # Every `workbench grade` and every notebook's `check` cell imports the registry: grading
     # notebook 02 must not pay for building notebook 05's keras-hub Llamas (12 s per grade).

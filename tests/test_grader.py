@@ -201,7 +201,6 @@ def test_a_folder_without_notebooks_and_a_missing_path_are_errors(tmp_path):
     assert done.returncode == 2 and "no notebook or folder" in done.stderr
 
 
-
 def test_keep_refuses_two_submissions_of_the_same_name(tmp_path):
     from workbench.exercises.grader import grade_all
 

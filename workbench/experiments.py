@@ -4,11 +4,10 @@
 Trained weights are cached under ``cache_dir() / "digits"``, one file per method, seed and set
 of hyper-parameters, and so is the experiment's result, so a second call reads it. The models
 train and are evaluated in worker processes (:mod:`workbench.workers`), one job per method and
-seed. Everything runs on one intra-op torch
-thread (the caller's setting is restored afterwards): floating-point sums then come out the
-same whatever thread count the notebook kernel, the command line or the tests use, so all
-three print the same numbers; for these tiny batches one thread is also the fastest on a
-2-core machine.
+seed. Everything runs on one intra-op torch thread (the caller's setting is restored
+afterwards): floating-point sums then come out the same whatever thread count the notebook
+kernel, the command line or the tests use, so all three print the same numbers; for these
+tiny batches one thread is also the fastest on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -56,13 +55,17 @@ def _training_key(method: str, seed: int, hp: dict) -> dict:
     return {"method": method, "seed": seed, **hp}
 
 
+def _digest(key: dict) -> str:
+    """16 hex digits naming a cache file after what determines its content."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cache_path(method: str, seed: int, **hp) -> Path:
     """Where ``train_or_load`` keeps the weights for this method, seed and hyper-parameters:
     ``cache_dir() / "digits" / "<method>-seed<seed>-<hash>.pt"``. Standard training ignores
     the attack's settings, so its file does not depend on them."""
     key = {"version": CACHE_VERSION, **_training_key(method, seed, _hyperparams(method, hp))}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_file("digits", f"{method}-seed{seed}-{digest}.pt")
+    return cache_file("digits", f"{method}-seed{seed}-{_digest(key)}.pt")
 
 
 def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: bool = False,
@@ -183,8 +186,7 @@ def run_advprop_experiment(*, seeds: Sequence[int] = (0, 1, 2), epochs: int = EP
 
     key = {"version": CACHE_VERSION, "results": RESULTS_VERSION, "seeds": seeds,
            "epochs": epochs, "eps": eps, "epsilons": list(epsilons)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cached_json(cache_file("digits", f"advprop-{digest}.json"), compute, cache=cache,
+    return cached_json(cache_file("digits", f"advprop-{_digest(key)}.json"), compute, cache=cache,
                        what="advprop experiment results")
 
 

@@ -324,14 +324,14 @@ def run_redteam_experiment(*, seeds: Sequence[int] = (0, 1, 2), cache: bool = Tr
 def assemble(runs: Sequence[dict]) -> dict:
     """:func:`run_redteam_experiment`'s result from the :func:`summarise_seed` of each seed."""
     generation_ = [seed_row("method", m, [r["generation"][m] for r in runs],
-                        ("failure_rate", "diversity")) for m in GENERATION_METHODS]
+                            ("failure_rate", "diversity")) for m in GENERATION_METHODS]
     rows = [seed_row("method", m, [r[m] for r in runs], ("offensive_rate", "benign_ok"))
             for m in ("before", "after")]
     evasion = []
     for i, name in enumerate(REWRITES):
         entries = [r["evasion"][i] for r in runs]
         row = seed_row("rewrite", name, entries, ("score_before", "score_after",
-                                              "flagged_before", "flagged_after"))
+                                                  "flagged_before", "flagged_after"))
         evasion.append({**row, "example": entries[0]["example"]})
     return {"generation": generation_, "rows": rows, "finetune": [r["finetune"] for r in runs],
             "evasion": evasion, "seeds": [r["seed"] for r in runs], "std": STD,
