@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the workbench in .venv/ (created when missing) and then:
 #   bash dev.sh lab    open JupyterLab on notebooks/
-#   bash dev.sh test   run the whole test suite (what CI runs)
+#   bash dev.sh test   run the whole test suite (what CI runs); with arguments, pytest ARGS
 # Needs only Python >= 3.10 (3.11 recommended) and the package registries.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,7 +43,17 @@ case "${1:-}" in
   test)
     setup
     shift
-    exec .venv/bin/python -m pytest "$@"
+    if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
+    # The whole suite in two halves. The tests that neither run a notebook nor drive the
+    # browser run on both cores, one torch thread each, a test file per worker at a time
+    # (files that train the same model may train it twice; the cache's writes are atomic).
+    # The notebooks and the browser come after, one at a time: they assert time budgets, and
+    # read the models the first half cached.
+    status=0
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n 2 --dist loadfile \
+      -m "not notebook and not browser" || status=$?
+    .venv/bin/python -m pytest -m "notebook or browser" || status=$?
+    exit "$status"
     ;;
   *)
     echo "usage: bash dev.sh lab | test [pytest arguments]" >&2

@@ -223,6 +223,26 @@ def test_shieldgemma_threshold_slider_changes_the_flagged_counts(lab_server, pag
     assert result.output_after != result.output_before
 
 
+REDTEAM_NOTEBOOK = "notebooks/solutions/06_redteam.ipynb"
+
+
+def test_redteam_threshold_slider_changes_the_failure_report(lab_server, page):
+    result = run_notebook_and_move_slider(
+        page,
+        lab_server,
+        REDTEAM_NOTEBOOK,
+        slider_description="threshold",
+        run_until="failure_panel(",  # the experiment of section 7 comes after the panel
+        key="ArrowRight",
+        presses=2,
+        timeout_s=300,
+        screenshot_prefix="redteam_",
+    )
+    assert (result.value_before, result.value_after) == ("0.50", "0.60")
+    assert "scored over 0.60" in result.output_after
+    assert "scored over 0.50" in result.output_before
+
+
 PGD_NOTEBOOK = "notebooks/solutions/03_pgd.ipynb"
 
 

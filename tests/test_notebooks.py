@@ -21,9 +21,10 @@ NOTEBOOKS = ROOT / "notebooks"
 # Seconds each notebook may take to run top to bottom in lite mode on 2 CPU cores.
 # 04_lat runs in about 180 s from an empty cache (its experiment trains 24 models); grading
 # adds its checks. 05_lat_llm's budget is its issue's: the lite experiment over 3 seeds and
-# the notebook that shows it, 6 minutes from an empty cache.
+# the notebook that shows it, 6 minutes from an empty cache; 06_redteam's is its issue's, 4
+# minutes from an empty cache, notebook 01's lite scorer and the 3-seed experiment included.
 BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420,
-            "04_lat": 240, "05_lat_llm": 360, "07_defenses": 240}
+            "04_lat": 240, "05_lat_llm": 360, "06_redteam": 240, "07_defenses": 240}
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -104,6 +105,7 @@ EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
              "03_pgd": ["pgd_linf_step", "project_l2", "targeted_objective", "advprop_loss"],
              "04_lat": ["latent_attack", "lat_step"],
              "05_lat_llm": ["residual_attack", "lat_llm_loss"],
+             "06_redteam": ["failing_cases", "finetuning_set"],
              "07_defenses": ["bpda_attack", "attack_through_autoencoder"]}
 
 
@@ -124,7 +126,7 @@ def test_solution_runs_within_budget_and_grades_as_passing(stem, kept):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat", "05_lat_llm",
-                                  "07_defenses"])
+                                  "06_redteam", "07_defenses"])
 def test_student_notebook_grades_as_failing(stem):
     done = _run("grade", f"notebooks/student/{stem}.ipynb", "--json",
                 timeout=BUDGET_S[stem] + 120)
@@ -268,3 +270,19 @@ def test_notebook_05_prints_the_numbers_of_workbench_experiment_lat_llm(executed
     assert all(sentence in printed for sentence in reading(result))
     ft = next(row for row in result["rows"] if row["method"] == "ft")
     assert ft["backdoor_asr"] > 0.5, "the FT control must keep the backdoor"
+
+
+@pytest.mark.notebook
+def test_notebook_06_prints_the_numbers_of_workbench_experiment_redteam(executed_solution):
+    from workbench.redteam.experiment import format_redteam_table, reading, run_redteam_experiment
+
+    notebook = executed_solution("06_redteam")
+    printed = _printed(notebook)
+    result = run_redteam_experiment()  # from the cache the notebook filled
+    assert format_redteam_table(result) in printed
+    assert all(sentence in printed for sentence in reading(result))
+    # the learner's fine-tuning set is the one the experiment's seed 0 trained on
+    assert "the experiment's seed-0 fine-tuning set is yours: True" in printed
+    html = "".join(o.get("data", {}).get("text/html", "") for c in notebook.cells
+                   if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "held-out question" in html and "top terms" in html

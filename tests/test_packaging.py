@@ -119,3 +119,16 @@ def test_the_readme_shows_a_screenshot_of_every_panel_the_browser_tests_drive():
     driven = set(re.findall(r"notebooks/solutions/(\d\d_\w+)\.ipynb", browser_tests))
     shown = {Path(p).stem for p in pictures}
     assert driven <= shown, driven - shown
+
+
+def test_the_test_command_runs_every_test_once_in_two_halves():
+    """dev.sh test runs the tests that neither run a notebook nor drive the browser on two
+    workers, then those that do, alone: the two marker expressions split the suite in two
+    with nothing left out, since those two are the only markers."""
+    script = (ROOT / "dev.sh").read_text()
+    assert '-n 2 --dist loadfile \\\n      -m "not notebook and not browser"' in script
+    assert '.venv/bin/python -m pytest -m "notebook or browser"' in script
+    markers = [m.split(":")[0] for m in _pyproject()["tool"]["pytest"]["ini_options"]["markers"]]
+    assert markers == ["notebook", "browser"]
+    assert any(r.startswith("pytest-xdist") for r in
+               _pyproject()["project"]["optional-dependencies"]["dev"])

@@ -12,7 +12,7 @@ import os
 from typing import Callable
 
 from workbench.exercises import (nb01_shieldgemma, nb02_fgsm, nb03_pgd, nb04_lat,  # noqa: F401
-                                 nb05_lat_llm, nb07_defenses)
+                                 nb05_lat_llm, nb06_redteam, nb07_defenses)
 from workbench.exercises.core import (CHECK_TIMEOUT_S, EXERCISES, CheckResult, Exercise,
                                       format_results, run_checks_list)
 

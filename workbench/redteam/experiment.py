@@ -115,7 +115,7 @@ def measure(chatbot, judge, questions: Sequence[str], *, seed: int, threshold: f
 
 # ----------------------------------------------------------------------------- one seed
 
-def _tuned_chatbot(chatbot, pairs, seed: int, *, cache: bool):
+def tuned_chatbot(chatbot, pairs, seed: int, *, cache: bool = True):
     """``chatbot`` (of ``seed``) fine-tuned on ``pairs`` by
     :func:`~workbench.redteam.lm.finetune_chatbot`, cached under a digest of its recipe."""
     import warnings
@@ -163,7 +163,7 @@ def run_seed(seed: int, *, cache: bool = True) -> dict:
         scores = [s for m in GENERATION_METHODS for s in rounds[m]["scores"]]
         replies = [r for m in GENERATION_METHODS for r in rounds[m]["replies"]]
         pairs = adversarial_set(questions, scores, threshold=THRESHOLD)
-        tuned = _tuned_chatbot(chatbot, pairs, seed, cache=cache)
+        tuned = tuned_chatbot(chatbot, pairs, seed, cache=cache)
         fresh = compare_generation(red_lm, chatbot, judge, count=COUNT, threshold=THRESHOLD,
                                    seed=seed + TEST_SEED)
         test_cases = [q for m in GENERATION_METHODS for q in fresh[m]["questions"]]
