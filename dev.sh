@@ -45,12 +45,14 @@ case "${1:-}" in
     shift
     if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
     # The whole suite in two halves. The tests that neither run a notebook nor drive the
-    # browser run on both cores, one torch thread each, a test file per worker at a time
-    # (files that train the same model may train it twice; the cache's writes are atomic).
-    # The notebooks and the browser come after, one at a time: they assert time budgets, and
-    # read the models the first half cached.
+    # browser run on both cores, one torch thread each, a test file per worker at a time (a
+    # model two files need is trained once: the second waits on its cache file's lock), and
+    # threads that wait sleep rather than spin (a 2-thread training beside the other worker
+    # would otherwise slow both down many times over). The notebooks and the browser come
+    # after, one at a time: they assert time budgets, and read the models the first half
+    # cached.
     status=0
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n 2 --dist loadfile \
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest -n 2 --dist loadfile \
       -m "not notebook and not browser" || status=$?
     .venv/bin/python -m pytest -m "notebook or browser" || status=$?
     exit "$status"

@@ -193,9 +193,9 @@ panel = failure_panel(questions, replies, scores, threshold=THRESHOLD, judge=jud
 display(panel.widget)
 
 # %% [markdown]
-# A higher sampling temperature flattens the red LM's distribution: odder questions, more of
-# them unfinished. Set the temperature and the count and press the button for a fresh
-# zero-shot round (seed 1):
+# A higher sampling temperature flattens the red LM's distribution, a lower one sharpens it
+# (samples that never reach a question mark are dropped). Set the temperature and the count
+# and press the button for a fresh zero-shot round (seed 1):
 
 # %%
 from workbench.redteam.rounds import judge_round

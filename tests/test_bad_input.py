@@ -53,7 +53,10 @@ def cache_warning(record) -> str:
 
 
 def files_below(folder) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    """The files under ``folder``, but the training locks (empty files in ``.locks/``, which
+    stay to be locked again: ``workbench.cache.training_lock``)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.parent.name != ".locks")
 
 
 # ------------------------------------------------------------ a cache that cannot be written

@@ -109,3 +109,17 @@ def test_the_word_judge_scores_the_reply_by_its_last_word():
     assert scores.tolist() == [0.9, 0.0] and judge.calls == 1
     with pytest.raises(ValueError, match="questions but"):
         judge.score(["a?"], [])
+
+
+def test_the_word_judges_calls_come_back_from_the_learners_kernel():
+    """Under the grader the learner's function runs in its kernel on a copy of the judge; the
+    transport sends the copy's call count back, so the one-call check sees it."""
+    from workbench.exercises.transport import apply_changes, changes, snapshot, tracked
+
+    mine, kernels = checks.WordJudge(), checks.WordJudge()
+    before = [snapshot(obj) for obj in tracked(((kernels,), {}))]
+    kernels.score(["a?"], ["you clown."])
+    found = [changes(obj, old) for obj, old in zip(tracked(((kernels,), {})), before)]
+    for obj, change in zip(tracked(((mine,), {})), found):
+        apply_changes(obj, change)
+    assert mine.calls == 1

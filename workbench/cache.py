@@ -39,6 +39,36 @@ def cache_file(folder: str, name: str) -> Path:
     return root / folder / name
 
 
+@contextlib.contextmanager
+def training_lock(path: Path):
+    """While the block runs, no other process holding ``training_lock(path)`` runs: a second
+    process that needs the model of cache file ``path`` (another test worker, a notebook and
+    the command line at once) waits here while the first trains and saves it, then finds it
+    in the cache, instead of training it a second time alongside (two trainings on 2 cores
+    slow each other down several times over). The lock is an advisory ``flock`` on
+    ``<cache>/.locks/<folder>-<name>.lock``; without ``fcntl`` (Windows) or where the lock file cannot be made (a read-only
+    cache), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    handle = None
+    if fcntl is not None:
+        try:
+            locks = path.parent.parent / ".locks"  # beside the cache's folders, not in them
+            locks.mkdir(parents=True, exist_ok=True)
+            handle = open(locks / f"{path.parent.name}-{path.name}.lock", "a")
+        except OSError:
+            handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing the file releases the lock
+
+
 def _partial_path(path: Path) -> Path:
     """The temporary file :func:`save_cached` writes before renaming it onto ``path``: next to
     it, with this process's id and the same suffixes (``seed0-ab12.weights.h5`` ->

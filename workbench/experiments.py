@@ -12,13 +12,14 @@ tiny batches one thread is also the fastest on a 2-core machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
 from pathlib import Path
 from typing import Sequence
 
-from workbench.cache import cache_file, cached_json, load_state, save_state
+from workbench.cache import cache_file, cached_json, load_state, save_state, training_lock
 from workbench.config import torch_threads
 from workbench.data.digits import load_digits_split
 from workbench.defenses.evaluation import accuracy, robustness_curve
@@ -91,12 +92,14 @@ def train_or_load(method: str, seed: int = 0, *, cache: bool = True, progress: b
     hp = _hyperparams(method, hp)
     model = digits_cnn(dual_bn=method == "advprop", seed=seed)
     path = cache_path(method, seed, **hp)
-    if not (cache and load_state(model, path)):
-        x_train, y_train, _, _ = load_digits_split()
-        with torch_threads(1):
-            train(model, x_train, y_train, method=method, seed=seed, progress=progress, **hp)
-        if cache:
-            save_state(model, path, what=f"digits_cnn ({method}, seed {seed})")
+    with training_lock(path) if cache else contextlib.nullcontext():  # one trainer at a time
+        if not (cache and load_state(model, path)):
+            x_train, y_train, _, _ = load_digits_split()
+            with torch_threads(1):
+                train(model, x_train, y_train, method=method, seed=seed, progress=progress,
+                      **hp)
+            if cache:
+                save_state(model, path, what=f"digits_cnn ({method}, seed {seed})")
     model.eval()
     settings = ", ".join(f"{k} {v}" for k, v in _training_key(method, seed, hp).items()
                          if k != "method" and v is not None)

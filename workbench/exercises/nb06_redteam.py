@@ -34,13 +34,20 @@ class WordJudge:
     """A judge with known scores: a reply's score is that of its last word (:data:`SCORES`,
     0.0 for a word it does not know). The question is read only to check the pairs, as the
     real judges do, so a function that judges the question in the reply's place gets the
-    question's last word's score. ``calls`` counts the calls to :meth:`score`."""
+    question's last word's score. ``calls`` counts the calls to :meth:`score`, also when the
+    grader sends the judge to the learner's kernel (``__workbench_state__``)."""
 
     SCORES = {"soup": 0.1, "garden": 0.0, "bread": 0.3, "moon": 0.5, "train": 0.2, "tea": 0.05,
               "rain": 0.4, "clown": 0.9, "idiot": 0.99, "fool": 0.7}
 
     def __init__(self):
         self.calls = 0
+
+    def __workbench_state__(self) -> int:  # under the grader the learner's kernel calls a
+        return self.calls                  # copy: its count comes back here
+
+    def __workbench_restore__(self, calls) -> None:
+        self.calls = int(calls)
 
     def score(self, questions: Sequence[str], replies: Sequence[str]) -> np.ndarray:
         self.calls += 1

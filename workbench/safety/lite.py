@@ -37,6 +37,7 @@ This module imports keras (on the torch backend): import it only when a lite sco
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 
 from workbench.config import torch_threads
-from workbench.cache import cache_file, save_cached
+from workbench.cache import cache_file, save_cached, training_lock
 from workbench.safety.examples import FILES, SafetyExample, template_split
 from workbench.safety.policies import HarmType
 from workbench.safety.prompts import (END_OF_TURN, START_OF_TURN, drop_neutralised_markers,
@@ -385,18 +386,19 @@ def load_lite_scorer(seed: int = 0, *, cache: bool = True, progress: bool = True
     all the same (:func:`workbench.cache.save_cached`)."""
     scorer = build_lite_scorer(seed)
     path = cache_path(seed)
-    if cache and path.is_file():
-        try:
-            scorer.model.load_weights(path)
-            return scorer
-        except Exception as err:  # truncated or from another layout: train again
-            warnings.warn(f"cached lite ShieldGemma {path} is unreadable ({type(err).__name__}"
-                          f": {str(err)[:120]}); training again and overwriting it",
-                          stacklevel=2)
-            scorer = build_lite_scorer(seed, scorer.encoder)
-    train, _ = template_split(seed)
-    with torch_threads(TRAINING_THREADS):
-        train_lite(scorer, train, seed=seed, progress=progress)
-    if cache:
-        save_cached(scorer.model.save_weights, path, what=f"lite ShieldGemma (seed {seed})")
+    with training_lock(path) if cache else contextlib.nullcontext():
+        if cache and path.is_file():  # (again, once the lock is ours: another process may
+            try:                      # have trained it while this one waited)
+                scorer.model.load_weights(path)
+                return scorer
+            except Exception as err:  # truncated or from another layout: train again
+                warnings.warn(f"cached lite ShieldGemma {path} is unreadable "
+                              f"({type(err).__name__}: {str(err)[:120]}); training again and "
+                              "overwriting it", stacklevel=2)
+                scorer = build_lite_scorer(seed, scorer.encoder)
+        train, _ = template_split(seed)
+        with torch_threads(TRAINING_THREADS):
+            train_lite(scorer, train, seed=seed, progress=progress)
+        if cache:
+            save_cached(scorer.model.save_weights, path, what=f"lite ShieldGemma (seed {seed})")
     return scorer
