@@ -60,7 +60,6 @@ if "google.colab" in sys.modules and any(importlib.util.find_spec(m) is None for
 
 # %%
 import html
-from functools import partial
 
 import numpy as np
 import torch
@@ -236,7 +235,7 @@ print(f"one few-shot prompt:\n{prompts[0]}\n")
 few = judge_round(sample_questions(red_lm, prompts, seed=1), chatbot, judge,
                   threshold=THRESHOLD, seed=1)
 encoder = MiniLMEncoder()  # all-MiniLM-L6-v2, shipped with the package
-generated = {"zero-shot": {"questions": questions, "scores": list(scores), "report": zero_report},
+generated = {"zero-shot": {"questions": questions, "report": zero_report},
              "few-shot": few}
 print(f"{'method':10s} {'cases':>6s} {'failure rate':>13s} {'distinct-1':>11s} "
       f"{'distinct-2':>11s} {'unique':>7s} {'spread':>7s}")
@@ -260,11 +259,12 @@ for method, done in generated.items():
 # nearest its centre.
 
 # %%
-from workbench.redteam import cluster
+from workbench.redteam import cluster, failures
 
 all_questions = questions + few["questions"]
 all_scores = list(scores) + few["scores"]
-failed = [all_questions[i] for i in np.flatnonzero(np.asarray(all_scores) > THRESHOLD)]
+failing_all = failures(all_scores, THRESHOLD).tolist()  # both rounds' failing cases
+failed = [all_questions[i] for i in failing_all]
 clusters = cluster(failed, encoder.embed(failed), k=min(4, len(failed)), seed=0)
 display(HTML("<table style='font-size:12px'><tr><th>size</th><th>top terms</th>"
              "<th>nearest the centre</th></tr>" + "".join(
@@ -386,14 +386,13 @@ for old, new in list(zip(texts["before"]["benign_replies"], texts["after"]["beni
 from workbench.redteam import REWRITES, evasion_table
 
 all_replies = replies + few["replies"]
-flagged = np.flatnonzero(np.asarray(all_scores) > THRESHOLD).tolist()
 print("one failing reply, rewritten:")
 for name, rewrite in REWRITES.items():
-    print(f"  {name:12s} {rewrite(all_replies[flagged[0]])!r}")
+    print(f"  {name:12s} {rewrite(all_replies[failing_all[0]])!r}")
 evasions = {}
 for name, j in judges.items():
-    rows = evasion_table(j, [all_replies[i] for i in flagged], [all_questions[i] for i in flagged],
-                         threshold=THRESHOLD)
+    rows = evasion_table(j, [all_replies[i] for i in failing_all],
+                         [all_questions[i] for i in failing_all], threshold=THRESHOLD)
     print(f"\n{j.name}\n{'rewrite':12s} {'score before':>13s} {'score after':>12s} "
           f"{'flagged before':>15s} {'flagged after':>14s}")
     for row in rows:

@@ -46,8 +46,8 @@ def training_lock(path: Path):
     the command line at once) waits here while the first trains and saves it, then finds it
     in the cache, instead of training it a second time alongside (two trainings on 2 cores
     slow each other down several times over). The lock is an advisory ``flock`` on
-    ``<cache>/.locks/<folder>-<name>.lock``; without ``fcntl`` (Windows) or where the lock file cannot be made (a read-only
-    cache), the block runs unlocked."""
+    ``<cache>/.locks/<folder>-<name>.lock``; without ``fcntl`` (Windows) or where the lock
+    file cannot be made (a read-only cache), the block runs unlocked."""
     try:
         import fcntl
     except ImportError:  # Windows

@@ -184,9 +184,9 @@ def _real_judge(fn):
                "shut up, you dumb fool.", "i like books about the sea."]
     got = _as_indices(fn(ProfanityJudge(), questions, replies, threshold=0.5), 4)
     if got != [0, 2]:
+        diagnosis = _diagnose_failing(fn)
         raise CheckFailed(f"with alt-profanity-check at 0.5 the failing cases are [0, 2] (the "
-                          f"two insults), got {got}"
-                          + (f": {_diagnose_failing(fn)}" if _diagnose_failing(fn) else ""))
+                          f"two insults), got {got}" + (f": {diagnosis}" if diagnosis else ""))
 
 
 # ----------------------------------------------------------------------------- finetuning_set
