@@ -97,6 +97,42 @@ def test_batched_sampling_equals_one_at_a_time_for_prompts_of_different_lengths(
     assert all(len(row) <= 6 and 0 not in row[:-1] for row in batched)  # ends at a stop
 
 
+def test_sampling_runs_the_model_on_unfinished_rows_only_and_draws_the_same_tokens():
+    """The model's forward is most of a round's time: a row that has stopped is not run
+    again, and what the other rows draw does not change (the generator's stream is the
+    same)."""
+    table = torch.randn(7, 7, generator=torch.Generator().manual_seed(0)) * 4
+    seen: list[int] = []
+
+    def recording(ids, mask):
+        seen.append(len(ids))
+        return table[ids]
+
+    prompts = [[1, 2], [3], [4, 5, 6], [2]] * 8
+    args = dict(max_new_tokens=8, stop_ids=[0, 3], pad_id=0, max_length=16, top_p=0.9)
+    rows = sampling.sample(recording, prompts, generator=torch.Generator().manual_seed(1),
+                           **args)
+    stopped_by_step = [sum(len(r) <= step for r in rows) for step in range(len(seen))]
+    assert seen == [len(prompts) - stopped for stopped in stopped_by_step]
+    assert seen[-1] < seen[0]  # some rows stopped early: the test sees the saving
+
+    reference = []  # every row drawn at every step, stopped or not, as the bigram reads it
+    generator = torch.Generator().manual_seed(1)
+    ids = [list(p) for p in prompts]
+    done = [False] * len(prompts)
+    for _ in range(args["max_new_tokens"]):
+        logits = table[[row[-1] for row in ids]]
+        token = sampling.sample_next(logits, top_p=args["top_p"], generator=generator)
+        for i, t in enumerate(token.tolist()):
+            if not done[i]:
+                reference.append((i, t))
+                done[i] = t in args["stop_ids"]
+            ids[i].append(t)
+        if all(done):
+            break
+    assert [t for i, t in sorted(reference, key=lambda it: it[0])] == [t for r in rows for t in r]
+
+
 def test_sampling_refuses_empty_and_over_long_prompts():
     args = dict(max_new_tokens=4, stop_ids=[0], pad_id=0, max_length=8,
                 generator=torch.Generator())

@@ -69,9 +69,10 @@ def sample(logits_fn: LogitsFn, prompts: Sequence[Sequence[int]], *, max_new_tok
         max_length: the longest sequence the model reads; a prompt with less room than
             ``max_new_tokens`` after it is a ValueError naming it (never cut).
 
-    Prompts are right-padded; every step runs ``logits_fn`` over the batch so far and draws
-    each unfinished row's next token (:func:`sample_next`); it stops when every row has
-    stopped. Tokens drawn for a stopped row are not kept.
+    Prompts are right-padded; every step runs ``logits_fn`` over the unfinished rows so far
+    and draws a next token for every row (:func:`sample_next`, over the whole batch, so that
+    the generator's stream does not depend on which rows have stopped); it stops when every
+    row has stopped. Tokens drawn for a stopped row are not kept.
     """
     check_sampling(temperature, top_p)
     if not prompts:
@@ -96,10 +97,14 @@ def sample(logits_fn: LogitsFn, prompts: Sequence[Sequence[int]], *, max_new_tok
     with torch.no_grad():
         for _ in range(max_new_tokens):
             end = int(lengths.max())
-            logits = logits_fn(ids[:, :end], mask[:, :end])[rows, lengths - 1]
+            live = running.nonzero().flatten()
+            picked = logits_fn(ids[live, :end], mask[live, :end])[
+                torch.arange(len(live)), lengths[live] - 1]
+            logits = picked.new_zeros((n, picked.shape[-1]))  # a stopped row's draw is unkept
+            logits[live] = picked
             token = sample_next(logits, temperature=temperature, top_p=top_p,
                                 generator=generator)
-            for i in running.nonzero().flatten().tolist():
+            for i in live.tolist():
                 out[i].append(int(token[i]))
             ids[rows, lengths], mask[rows, lengths] = token, 1
             lengths += 1
