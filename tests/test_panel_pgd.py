@@ -78,36 +78,47 @@ def test_off_grid_eps_shows_the_nearest_grid_point(panel):
     assert panel.result.eps == pytest.approx(2 / 255)
 
 
-def test_l2_and_targeted_attack_again(lite_model, coffee):
-    x, label = coffee
-    panel = pgd_panel(lite_model, x, label, progress=False)
-    panel.controls["norm"].value = "l2"
-    assert panel.controls["eps"].max == pytest.approx(4.0)
-    assert panel.result.norm == "l2" and panel.result.eps == pytest.approx(1.0)
-    panel.controls["steps"].value = 3
-    assert (panel.result.x_adv - x).flatten().norm() <= 1.0 + 1e-3
-    panel.controls["norm"].value = "linf"
-    assert panel.controls["eps"].max == pytest.approx(16 / 255)
-    target = panel.view.top5_clean[1].index
-    panel.controls["target"].value = target  # not targeted yet: the label's attack
-    assert panel.result.target is None
-    panel.controls["targeted"].value = True
-    panel.controls["eps"].value = 8 / 255
-    panel.controls["steps"].value = 20
-    result = panel.result
-    assert result.target == target
-    assert result.success and result.top5_adv[0].index == target
-    assert result.loss_trace[-1] > result.loss_trace[0]  # -CE of the target rises
+def test_l2_and_targeted_attack_again_and_settings_run_before_are_lookups(lite_model, coffee,
+                                                                          panel):
+    x, _ = coffee
+    counter = ForwardCounter(lite_model)
+    try:
+        panel.controls["norm"].value = "l2"
+        assert counter.calls > 0, "a new norm must attack again"
+        assert panel.controls["eps"].max == pytest.approx(4.0)
+        assert panel.result.norm == "l2" and panel.result.eps == pytest.approx(1.0)
+        panel.controls["steps"].value = 3
+        assert (panel.result.x_adv - x).flatten().norm() <= 1.0 + 1e-3
+        counter.calls = 0
+        panel.controls["norm"].value = "linf"  # run when the panel was built: kept
+        assert panel.controls["eps"].max == pytest.approx(16 / 255)
+        assert panel.result.norm == "linf"
+        target = panel.view.top5_clean[1].index
+        panel.controls["target"].value = target  # not targeted yet: the label's attack
+        assert panel.result.target is None
+        assert counter.calls == 0, "settings the panel already ran must not attack again"
+        panel.controls["targeted"].value = True
+        assert counter.calls > 0
+        panel.controls["eps"].value = 8 / 255
+        panel.controls["steps"].value = 20
+        result = panel.result
+        assert result.target == target
+        assert result.success and result.top5_adv[0].index == target
+        assert result.loss_trace[-1] > result.loss_trace[0]  # -CE of the target rises
+    finally:
+        counter.handle.remove()
+        panel.controls["targeted"].value = False  # kept: the module's panel as it was
 
 
-def test_the_step_size_slider_attacks_again(lite_model, coffee):
-    x, label = coffee
-    panel = pgd_panel(lite_model, x, label, progress=False)
+def test_the_step_size_slider_attacks_again(panel):
     panel.controls["eps"].value = 4 / 255
     before = panel.result.x_adv
-    panel.controls["alpha"].value = 0.5
-    assert panel.result.alpha == pytest.approx(0.5 * 4 / 255)
-    assert not torch.equal(panel.result.x_adv, before)
+    try:
+        panel.controls["alpha"].value = 0.5
+        assert panel.result.alpha == pytest.approx(0.5 * 4 / 255)
+        assert not torch.equal(panel.result.x_adv, before)
+    finally:
+        panel.controls["alpha"].value = 0.25
 
 
 def test_bad_image_says_what_is_wrong(lite_model):

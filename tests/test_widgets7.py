@@ -21,8 +21,9 @@ IPYWIDGETS_7 = "7.7.5"
 WIDGET_TESTS = ["tests/test_panel.py", "tests/test_panel_pgd.py", "tests/test_panel_lat.py",
                 "tests/test_panel_defenses.py", "tests/test_panel_lat_llm.py",
                 "tests/test_panel_redteam.py"]
-# Tests whose widget part the lane runs elsewhere: they rebuild the PGD panel to check that
-# the attack, not the widgets, follows a new norm, target or step size (a minute under 7).
+# Tests whose widget part the lane runs elsewhere: they run the PGD panel's attack again to
+# check that the attack, not the widgets, follows a new norm, target or step size (a minute
+# under 7).
 NOT_UNDER_7 = "not test_l2_and_targeted_attack_again and not test_the_step_size_slider"
 # Traits and widgets that ipywidgets 8 added or renamed (description_tooltip became tooltip).
 ONLY_IN_8 = ("tooltip=", "description_allow_html", "TagsInput", "ColorsInput", "FloatsInput",

@@ -20,6 +20,7 @@ from workbench.viz import Prediction, loss_curve_svg, top_k
 from workbench.widgets.views import AttackView, Frame, class_options, single_image
 
 MAX_STEPS = 20
+ATTACKS_KEPT = 4  # settings (norm, alpha, target) whose attacks a panel keeps: 51 MB each
 # Per norm: the eps slider's grid (points after 0, spacing) and its default. L-inf in 1/255
 # steps; L2 over 224 x 224 x 3 pixels, where an L2 budget of 1.0 spreads as about 1/400 per
 # pixel.
@@ -110,9 +111,11 @@ class PGDPanel:
 
     ``.controls``: "eps" and "steps" (lookups: they update live), "alpha" (step size as a
     fraction of eps), "norm", "targeted", "target" (each of these runs the attack again, with
-    a progress bar). ``.result`` is the latest :class:`PGDPanelResult`, updated synchronously
-    whenever a control's ``.value`` changes; ``.update()`` redraws for the current values.
-    An eps between two grid points shows the nearer one.
+    a progress bar, unless the panel already ran it: the last :data:`ATTACKS_KEPT` settings'
+    attacks are kept, and the target of an untargeted attack does not matter).
+    ``.result`` is the latest :class:`PGDPanelResult`, updated synchronously whenever a
+    control's ``.value`` changes; ``.update()`` redraws for the current values. An eps
+    between two grid points shows the nearer one.
     """
 
     def __init__(self, model, image: torch.Tensor, label: int | None = None, *, seed: int = 0,
@@ -144,6 +147,7 @@ class PGDPanel:
             w.HBox([self.view.widget, self.curve]),
         ])
         self._frames: dict[tuple[int, int], Frame] = {}
+        self._attacks: dict[tuple, StoredAttack] = {}  # by settings, the newest last
         self.stored: StoredAttack | None = None
         self.result: PGDPanelResult | None = None
         self._quiet = False  # set while the panel moves its own sliders
@@ -167,15 +171,24 @@ class PGDPanel:
         self._attack_again()
 
     def _attack_again(self) -> None:
-        """Attack with the current norm, step size and target; then redraw."""
+        """Attack with the current norm, step size and target (or take the attack of these
+        settings the panel kept); then redraw."""
         c = self.controls
         c["target"].disabled = not c["targeted"].value
         targeted = bool(c["targeted"].value)
-        self.stored = store_attack(
-            self.model, self.x, int(c["target"].value) if targeted else self.label,
-            norm=c["norm"].value, alpha_over_eps=float(c["alpha"].value), targeted=targeted,
-            seed=self.seed, progress=self.progress)
-        self._frames.clear()
+        y = int(c["target"].value) if targeted else self.label
+        settings = (c["norm"].value, float(c["alpha"].value), targeted, y)
+        stored = self._attacks.pop(settings, None)
+        if stored is None:
+            stored = store_attack(self.model, self.x, y, norm=settings[0],
+                                  alpha_over_eps=settings[1], targeted=targeted,
+                                  seed=self.seed, progress=self.progress)
+        self._attacks[settings] = stored
+        while len(self._attacks) > ATTACKS_KEPT:
+            del self._attacks[next(iter(self._attacks))]
+        if stored is not self.stored:
+            self.stored = stored
+            self._frames.clear()
         self.update()
 
     def _redraw(self) -> None:
