@@ -25,12 +25,20 @@ NOTEBOOKS = ROOT / "notebooks"
 # minutes from an empty cache, notebook 01's lite scorer and the 3-seed experiment included.
 BUDGET_S = {"00_setup": 90, "01_shieldgemma": 300, "02_fgsm": 240, "03_pgd": 420,
             "04_lat": 240, "05_lat_llm": 360, "06_redteam": 240, "07_defenses": 240}
-# CI's machine is not always the one the budgets were measured on, nor always as fast: the
-# unchanged notebook 04 graded in 205 s in the previous session's CI, then in 281 s and 344 s
-# in two CI runs on 2026-12-02's machine (03: 97, 105, 140 s; all 2 cores). The tests allow
-# this much over a budget for that spread; a notebook that doubles its time still fails. The
-# budgets themselves are measured by hand from an empty cache and reported in each note.
-MACHINE_SLACK = 1.5
+# The budgets are measured by hand from an empty cache and reported in each note. CI's
+# machines are not all as fast as the one they were measured on, nor is one machine always
+# as fast: the unchanged notebook 04 graded in 205, 281, 344 and 483 s in four CI runs, and
+# ran by hand in 546 s on 2026-12-02 and in 266 s on 2026-12-03 (an empty cache each time, 2
+# cores); a small conv net's training, timed on the same machines, did not follow that
+# spread (it ran faster on the day notebook 04 ran slower). So the tests allow MACHINE_SLACK
+# times a budget: a notebook whose time grows that much still fails, and each note says how
+# long the notebooks took.
+MACHINE_SLACK = 2.5
+
+
+def allowed_s(stem: str) -> float:
+    """What a budget test allows ``stem``, in seconds."""
+    return BUDGET_S[stem] * MACHINE_SLACK
 
 
 def test_every_master_has_a_budget_and_a_jupytext_header():
@@ -100,10 +108,11 @@ def kept(tmp_path_factory) -> Path:
 def test_setup_notebook_runs_in_lite_mode_within_budget(kept):
     start = time.monotonic()
     done = _run("run", "notebooks/solutions/00_setup.ipynb", "--out", str(kept),
-                "--quiet", timeout=BUDGET_S["00_setup"] + 60)
+                "--quiet", timeout=allowed_s("00_setup") + 60)
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stdout + done.stderr
-    assert elapsed < BUDGET_S["00_setup"] * MACHINE_SLACK, f"took {elapsed:.0f} s"
+    assert elapsed < allowed_s("00_setup"), (
+        f"took {elapsed:.0f} s, budget {BUDGET_S['00_setup']} s (x {MACHINE_SLACK})")
 
 
 EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
@@ -119,37 +128,43 @@ EXERCISES = {"01_shieldgemma": ["make_prompt", "yes_probability"],
 @pytest.mark.parametrize("stem", sorted(EXERCISES))
 def test_solution_runs_within_budget_and_grades_as_passing(stem, kept):
     start = time.monotonic()
+    allowed = allowed_s(stem)
+    # The grader's own limits follow the budget: on a slow machine a notebook's longest cell
+    # (05's experiment) may run past the grader's default per-cell 600 s while the notebook is
+    # still inside what this test allows; then the assertion below says how long it took.
+    limit = f"{allowed + 60:.0f}"
     done = _run("grade", f"notebooks/solutions/{stem}.ipynb", "--json", "--keep", str(kept),
-                timeout=BUDGET_S[stem] * MACHINE_SLACK + 120)
+                "--cell-timeout", limit, "--timeout", limit, timeout=allowed + 600)
     elapsed = time.monotonic() - start
     report = json.loads(done.stdout)
     assert done.returncode == 0, json.dumps(report, indent=1)
     assert report["passed"] and report["run"]["passed"]
     assert [e["name"] for e in report["exercises"]] == EXERCISES[stem]
     assert all(c["passed"] for e in report["exercises"] for c in e["checks"])
-    assert elapsed < BUDGET_S[stem] * MACHINE_SLACK, (
-        f"took {elapsed:.0f} s, budget {BUDGET_S[stem]} s (x {MACHINE_SLACK} for the machine)")
+    assert elapsed < allowed, (
+        f"took {elapsed:.0f} s, budget {BUDGET_S[stem]} s (x {MACHINE_SLACK})")
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("stem", ["01_shieldgemma", "03_pgd", "04_lat", "05_lat_llm",
-                                  "06_redteam", "07_defenses"])
-def test_student_notebook_grades_as_failing(stem):
-    done = _run("grade", f"notebooks/student/{stem}.ipynb", "--json",
-                timeout=BUDGET_S[stem] + 120)
-    report = json.loads(done.stdout)
-    assert done.returncode == 1 and not report["passed"]
-    checks = [c for e in report["exercises"] for c in e["checks"]]
-    assert checks and not any(c["passed"] for c in checks)
-    assert all("not implemented yet" in c["message"] for c in checks)
+def test_student_notebooks_grade_as_failing_as_a_class():
+    """Every student notebook, graded as an instructor grades a class (2 at a time): each runs,
+    and every check of every exercise fails saying that it is not implemented yet."""
+    from workbench.exercises.grader import GradeReport
 
-
-@pytest.mark.notebook
-def test_fgsm_student_notebook_grades_as_failing():
-    done = _run("grade", "notebooks/student/02_fgsm.ipynb", timeout=BUDGET_S["02_fgsm"] + 120)
-    assert done.returncode == 1
-    assert "NotImplementedError" in done.stdout
-    assert "0/13 passed: FAIL" in done.stdout
+    stems = sorted(EXERCISES)
+    done = _run("grade", *[f"notebooks/student/{stem}.ipynb" for stem in stems], "--jobs", "2",
+                "--json", timeout=sum(BUDGET_S[stem] for stem in stems) + 300)
+    assert done.returncode == 1, done.stderr
+    reports = {Path(r["notebook"]).stem: r for r in json.loads(done.stdout)}
+    assert sorted(reports) == stems
+    for stem, report in reports.items():
+        assert not report["passed"], stem
+        assert [e["name"] for e in report["exercises"]] == EXERCISES[stem]
+        checks = [c for e in report["exercises"] for c in e["checks"]]
+        assert checks and not any(c["passed"] for c in checks), stem
+        assert all("not implemented yet" in c["message"] for c in checks), stem
+    table = GradeReport.from_dict(reports["02_fgsm"]).table()
+    assert "NotImplementedError" in table and table.endswith("0/13 passed: FAIL")
 
 
 def test_the_grade_commands_of_notebook_00_name_files_that_exist():
