@@ -226,3 +226,32 @@ def test_the_command_grades_with_the_graders_own_time_limits(tmp_path, monkeypat
     from test_notebooks import BUDGET_S
 
     assert grader.CELL_TIMEOUT_S > max(BUDGET_S.values())
+
+
+def test_children_graded_side_by_side_share_the_cores_and_keep_what_the_caller_set():
+    from workbench.exercises.grader import child_environment
+
+    alone = child_environment(1, {"PATH": "/bin"}, cores=2)
+    assert alone == {"PATH": "/bin"}  # one at a time: every core, the caller's settings
+    two = child_environment(2, {"PATH": "/bin"}, cores=2)
+    assert two == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert child_environment(2, {}, cores=8)["OMP_NUM_THREADS"] == "4"
+    assert child_environment(3, {}, cores=2)["OMP_NUM_THREADS"] == "1"  # never 0
+    assert child_environment(2, {"OMP_NUM_THREADS": "2"}, cores=2)["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.notebook
+def test_a_kernel_graded_beside_another_runs_torch_on_its_share_of_the_cores(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    probe = notebook("import torch\nprint('threads', torch.get_num_threads())")
+    for name in ("a.ipynb", "b.ipynb"):
+        nbformat.write(probe, folder / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    done = _workbench("grade", str(folder), "--jobs", "2", "--keep", str(tmp_path / "kept"),
+                      env=env)
+    assert done.returncode == 1, done.stderr  # no exercise answered: graded, not passed
+    cores = os.cpu_count() or 1
+    for name in ("a.ipynb", "b.ipynb"):
+        cell = nbformat.read(tmp_path / "kept" / name, 4).cells[0]
+        assert cell.outputs[0]["text"].strip() == f"threads {max(1, cores // 2)}"

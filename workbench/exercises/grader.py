@@ -382,8 +382,8 @@ class _Child:
     that neither pipe fills up; a report travels by pipe, not through a file a submission's
     kernel could find)."""
 
-    def __init__(self, command: list[str], cwd: Path):
-        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str]):
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.started = time.monotonic()
         self.out: list[bytes] = []
@@ -408,12 +408,28 @@ class _Child:
                                status="crashed")
 
 
+def child_environment(jobs: int, environ=None, cores: int | None = None) -> dict[str, str]:
+    """The environment of a grading child (and so of its kernel) when ``jobs`` grade at once:
+    the cores shared out, ``cores // jobs`` OpenMP threads each (at least one), and threads
+    that wait sleep rather than spin. Without this, two notebooks graded side by side on 2
+    cores took 362 s where one after the other took 267 s (and 155 s with it). What the
+    caller's environment already sets is kept."""
+    env = dict(os.environ if environ is None else environ)
+    if jobs > 1:
+        if cores is None:
+            cores = os.cpu_count() or 1
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
               total_timeout: float = TOTAL_TIMEOUT_S, check_timeout: float = CHECK_TIMEOUT_S,
               as_notebook: str | None = None, keep: Path | None = None,
               on_report: Callable[[GradeReport], None] | None = None) -> list[GradeReport]:
     """Grade every submission in ``paths`` (files and folders, see :func:`submissions`), each
-    in a child process of its own, at most ``jobs`` at a time; reports in submission order.
+    in a child process of its own, at most ``jobs`` at a time, sharing the cores out
+    (:func:`child_environment`); reports in submission order.
     ``keep``: a folder to write each executed submission to, with its outputs, under its own
     file name (ValueError when two submissions share one).
 
@@ -427,6 +443,7 @@ def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
     files = submissions(paths)
     kept = _kept_paths(files, keep)
     limit = _child_limit(total_timeout, check_timeout)
+    env = child_environment(int(jobs))
     reports: dict[int, GradeReport] = {}
     running: dict[int, _Child] = {}
     tmp = Path(tempfile.mkdtemp(prefix="workbench-class-"))
@@ -441,7 +458,8 @@ def grade_all(paths, *, jobs: int = 1, cell_timeout: float = CELL_TIMEOUT_S,
                 running[index] = _Child(
                     [sys.executable, "-P", "-m", "workbench.exercises.grader", "one",
                      str(path.resolve()), str(cell_timeout), str(total_timeout),
-                     str(check_timeout), as_notebook or "", str(pid_dir), kept[index]], cwd=tmp)
+                     str(check_timeout), as_notebook or "", str(pid_dir), kept[index]], cwd=tmp,
+                    env=env)
             for index, child in list(running.items()):
                 timed_out = time.monotonic() - child.started > limit
                 if child.proc.poll() is None and not timed_out:
