@@ -177,11 +177,12 @@ class PGDPanel:
         c["target"].disabled = not c["targeted"].value
         targeted = bool(c["targeted"].value)
         y = int(c["target"].value) if targeted else self.label
-        settings = (c["norm"].value, float(c["alpha"].value), targeted, y)
+        norm, alpha_over_eps = c["norm"].value, float(c["alpha"].value)
+        settings = (norm, alpha_over_eps, targeted, y)
         stored = self._attacks.pop(settings, None)
         if stored is None:
-            stored = store_attack(self.model, self.x, y, norm=settings[0],
-                                  alpha_over_eps=settings[1], targeted=targeted,
+            stored = store_attack(self.model, self.x, y, norm=norm,
+                                  alpha_over_eps=alpha_over_eps, targeted=targeted,
                                   seed=self.seed, progress=self.progress)
         self._attacks[settings] = stored
         while len(self._attacks) > ATTACKS_KEPT:
