@@ -20,6 +20,7 @@ from torch import nn
 
 import workbench.experiments as experiments
 from workbench.cli import main as cli_main
+from workbench.config import cache_dir
 from workbench.data import load_digits_split
 from workbench.defenses import (
     METHODS,
@@ -55,12 +56,11 @@ def subset(digits):
 
 
 @pytest.fixture(scope="session")
-def experiment(tmp_path_factory):
-    """The full experiment, once, cached in a session-wide temporary folder: (result, folder)."""
-    folder = tmp_path_factory.mktemp("workbench-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WORKBENCH_CACHE", str(folder))
-        return run_advprop_experiment(), folder
+def experiment():
+    """The full experiment, once, in the suite's cache (``$WORKBENCH_CACHE``): notebook 03,
+    run after these tests (dev.sh's second half), reads its models and result there instead
+    of training them a second time. (result, cache folder)."""
+    return run_advprop_experiment(), cache_dir()
 
 
 @pytest.fixture
