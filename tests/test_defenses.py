@@ -1,7 +1,7 @@
 """Notebook 03 part B: the digits split, AdvProp's dual BN, the three training loops, the
 evaluation helpers, the cached experiment and its command.
 
-The full experiment (3 methods x 3 seeds) runs once per session, into a temporary cache that
+The full experiment (3 methods x 3 seeds) runs once per session, into the suite's cache, which
 the command-line test then reads; everything else trains on small subsets for an epoch or two.
 """
 
@@ -20,7 +20,6 @@ from torch import nn
 
 import workbench.experiments as experiments
 from workbench.cli import main as cli_main
-from workbench.config import cache_dir
 from workbench.data import load_digits_split
 from workbench.defenses import (
     METHODS,
@@ -59,8 +58,8 @@ def subset(digits):
 def experiment():
     """The full experiment, once, in the suite's cache (``$WORKBENCH_CACHE``): notebook 03,
     run after these tests (dev.sh's second half), reads its models and result there instead
-    of training them a second time. (result, cache folder)."""
-    return run_advprop_experiment(), cache_dir()
+    of training them a second time."""
+    return run_advprop_experiment()
 
 
 @pytest.fixture
@@ -373,14 +372,14 @@ def test_accuracy_and_confidence_curve_calls_the_attack_once_per_eps_in_eval_mod
 def test_pgd_at_is_more_robust_than_standard_training(experiment):
     """The science claim of the notebook: under the same PGD attack at the headline eps,
     PGD-AT keeps far more of its accuracy than standard training (means over 3 seeds)."""
-    result, _ = experiment
+    result = experiment
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["pgd_at"]["robust_acc"] > rows["standard"]["robust_acc"] + 0.2
     assert all(run["clean_acc"] > 0.9 for run in rows["standard"]["per_seed"])
 
 
 def test_experiment_result_shape(experiment):
-    result, _ = experiment
+    result = experiment
     assert result["eps"] == experiments.EPS and result["seeds"] == [0, 1, 2]
     assert result["std"] == "sample (ddof=1)"
     assert [row["method"] for row in result["rows"]] == list(METHODS)
@@ -402,19 +401,17 @@ def test_experiment_result_shape(experiment):
 
 
 def test_cli_prints_the_same_json_from_the_cache(experiment):
-    result, folder = experiment
-    env = {**os.environ, "WORKBENCH_CACHE": str(folder), "WORKBENCH_MODE": "lite"}
+    env = {**os.environ, "WORKBENCH_MODE": "lite"}  # the suite's cache, the fixture's
     out = subprocess.run([sys.executable, "-m", "workbench.cli", "experiment", "advprop",
                           "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == json.loads(json.dumps(result))
+    assert json.loads(out.stdout) == json.loads(json.dumps(experiment))
 
 
-def test_a_model_evaluated_here_gives_the_numbers_the_workers_gave(experiment, monkeypatch):
+def test_a_model_evaluated_here_gives_the_numbers_the_workers_gave(experiment):
     """The fixture's experiment ran its jobs in two worker processes; the same job in this
     process (weights from the cache, evaluation again) gives the same per-seed numbers."""
-    result, folder = experiment
-    monkeypatch.setenv("WORKBENCH_CACHE", str(folder))
+    result = experiment
     run = experiments._model_job("advprop", 1, experiments.EPOCHS, result["eps"],
                                  experiments.CURVE_EPS, True)
     (row,) = [r for r in result["rows"] if r["method"] == "advprop"]
@@ -422,8 +419,7 @@ def test_a_model_evaluated_here_gives_the_numbers_the_workers_gave(experiment, m
 
 
 def test_a_second_run_reads_the_result_and_evaluates_nothing(experiment, monkeypatch):
-    result, folder = experiment
-    monkeypatch.setenv("WORKBENCH_CACHE", str(folder))
+    result = experiment
     monkeypatch.setattr(experiments, "run_in_workers", fail_training)
     assert run_advprop_experiment() == json.loads(json.dumps(result))
     with pytest.raises(AssertionError, match="trained although"):
@@ -431,7 +427,7 @@ def test_a_second_run_reads_the_result_and_evaluates_nothing(experiment, monkeyp
 
 
 def test_cli_table(experiment, monkeypatch, capsys):
-    result, _ = experiment
+    result = experiment
     monkeypatch.setattr(experiments, "run_advprop_experiment", lambda **kwargs: result)
     assert cli_main(["experiment", "advprop"]) == 0
     table = capsys.readouterr().out
